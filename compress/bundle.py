@@ -1,0 +1,115 @@
+"""The edge bundle: everything a device needs, nothing that needs torch.
+
+Format ``compress-edge/1``, documented in ``edge_demo/BUNDLE.md``. The folder is assembled under a
+temporary name and renamed into place, so a half-written bundle never looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from compress.errors import CompressError
+
+if TYPE_CHECKING:
+    from compress.pipeline import Context
+    from compress.report import RunReport
+
+FORMAT = "compress-edge/1"
+REQUIRED = ("model.onnx", "labels.json", "preprocess.json", "manifest.json")
+
+
+def write_bundle(model: Any, ctx: "Context", report: "RunReport", edge_dir: Path, *, web: bool = False) -> Path:
+    """Write ``edge_dir`` from the final ONNX model and the run's report."""
+    from compress.export import OnnxModel
+    from compress.pipeline import sha256_file
+
+    if not isinstance(model, OnnxModel):
+        raise CompressError("the bundle needs an ONNX model: export must run before bundle")
+    tmp = edge_dir.with_name(edge_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copyfile(model.path, tmp / "model.onnx")
+    quantized = report.steps[-1].step == "quantize"
+    if quantized:
+        shutil.copyfile(ctx.run_dir / report.step("export").artifact, tmp / "model_fp32.onnx")
+    (tmp / "labels.json").write_text(json.dumps(ctx.data.classes, indent=1))
+    (tmp / "preprocess.json").write_text(json.dumps(ctx.data.preprocess(), indent=1))
+    ort_note = _convert_to_ort(tmp)
+    web_note = _add_web_page(tmp) if web else "not included (add --web)"
+    opset = report.step("export").stage.get("opset")
+    files = {p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "size_bytes": p.stat().st_size}
+             for p in sorted(tmp.rglob("*")) if p.is_file()}
+    manifest = {
+        "format": FORMAT, "model": report.model, "dataset": ctx.data.name, "num_classes": len(ctx.data.classes),
+        "precision": "int8" if quantized else "fp32", "opset": opset, "files": files,
+        "metrics": report.steps[-1].metrics, "versions": report.environment["versions"],
+        "created_utc": report.created_utc, "ort_format": ort_note, "web_page": web_note,
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    shutil.rmtree(edge_dir, ignore_errors=True)
+    tmp.rename(edge_dir)
+    return edge_dir
+
+
+def _convert_to_ort(folder: Path) -> str:
+    """``model.ort`` for ONNX Runtime Mobile. Optional: a failure is noted, not fatal."""
+    import contextlib
+    import io
+    import tempfile
+
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    with tempfile.TemporaryDirectory() as work:
+        src = Path(work) / "model.onnx"
+        shutil.copyfile(folder / "model.onnx", src)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                convert_onnx_models_to_ort(src, output_dir=Path(work) / "out",
+                                           optimization_styles=[OptimizationStyle.Fixed])
+            made = next((Path(work) / "out").rglob("*.ort"))
+        except Exception as e:  # the converter raises many types; the ONNX model is still the deliverable
+            return f"not converted ({type(e).__name__}: {str(e)[:80]})"
+        shutil.copyfile(made, folder / "model.ort")
+    import onnxruntime
+
+    return f"model.ort, converted with onnxruntime {onnxruntime.__version__} (load with this version or newer)"
+
+
+def _add_web_page(folder: Path) -> str:
+    try:
+        from compress.webpage import add_web_page
+    except ImportError:
+        return "not included"
+    try:
+        add_web_page(folder)
+    except CompressError as e:
+        return f"not included: {e}"
+    return "web/index.html (serve the bundle folder and open web/)"
+
+
+def verify_bundle(edge_dir: Path) -> dict:
+    """Check a bundle's files against its manifest; refuse anything missing or tampered with."""
+    from compress.pipeline import sha256_file
+
+    edge_dir = Path(edge_dir)
+    if not edge_dir.is_dir():
+        raise CompressError(f"{edge_dir} is not a bundle folder: give the edge/ folder of a compress run")
+    for name in REQUIRED:
+        if not (edge_dir / name).is_file():
+            raise CompressError(f"bundle {edge_dir} has no {name}: copy the whole edge/ folder of a compress run")
+    try:
+        manifest = json.loads((edge_dir / "manifest.json").read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise CompressError(f"{edge_dir}/manifest.json is not a compress manifest: re-copy the bundle") from None
+    for name, info in files.items():
+        p = edge_dir / name
+        if not p.is_file():
+            raise CompressError(f"bundle {edge_dir} is missing {name}, listed in its manifest: re-copy the bundle")
+        if sha256_file(p) != info.get("sha256"):
+            raise CompressError(f"{p} does not match its sha256 in manifest.json: the file was changed or "
+                                "corrupted; refusing to use it (re-copy the bundle)")
+    return manifest

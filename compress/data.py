@@ -1,0 +1,311 @@
+"""Data sets: Fashion-MNIST (the default), scikit-learn's digits, CIFAR-10 and a user's image folder.
+
+Every data set is loaded once into memory as uint8 tensors of shape ``[N, 3, H, W]``, already
+resized with PIL's bilinear filter to the configured input size. That is exactly the
+preprocessing the edge bundle documents (``edge_demo/BUNDLE.md``), so accuracy measured here
+is what a device that follows ``preprocess.json`` sees. Normalisation (mean/std) is applied
+per batch, in float, by :func:`normalize`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from compress.errors import CompressError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+# torchvision's ImageNet statistics: every model here is a torchvision model, and ImageNet
+# weights expect them. Recorded in the bundle's preprocess.json.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_LABELS = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+BUILTIN = ("fashion-mnist", "digits", "cifar10")
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A labelled data set held in memory: uint8 images ``[N, 3, H, W]`` and int64 labels."""
+
+    name: str
+    classes: list[str]
+    train_x: "torch.Tensor"
+    train_y: "torch.Tensor"
+    test_x: "torch.Tensor"
+    test_y: "torch.Tensor"
+    source: str  # where the files came from, for the report
+    fingerprint: str = field(default="")  # content hash, part of the baseline cache key
+
+    @property
+    def input_size(self) -> int:
+        return int(self.train_x.shape[-1])
+
+    def preprocess(self) -> dict:
+        """The bundle's preprocess.json: the steps a device applies to an image file."""
+        return {
+            "input_name": "input", "output_name": "logits", "layout": "NCHW", "dtype": "float32",
+            "height": self.input_size, "width": self.input_size, "resize": "bilinear", "color": "RGB",
+            "scale": 1 / 255, "mean": list(MEAN), "std": list(STD),
+        }
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name, "source": self.source, "classes": len(self.classes), "class_names": list(self.classes),
+            "train_images": int(self.train_x.shape[0]), "test_images": int(self.test_x.shape[0]),
+            "input_size": self.input_size, "fingerprint": self.fingerprint,
+        }
+
+
+def normalize(x_uint8: "torch.Tensor") -> "torch.Tensor":
+    """uint8 ``[N,3,H,W]`` → float32 normalised with :data:`MEAN`/:data:`STD`."""
+    import torch
+
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x_uint8.float() / 255.0 - mean) / std
+
+
+def batches(x: "torch.Tensor", y: "torch.Tensor", batch_size: int) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+    """Normalised float batches in order (evaluation, calibration)."""
+    for i in range(0, x.shape[0], batch_size):
+        yield normalize(x[i:i + batch_size]), y[i:i + batch_size]
+
+
+def resize_images(images: "np.ndarray", size: int) -> "torch.Tensor":
+    """uint8 ``[N,H,W]`` (gray) or ``[N,H,W,3]`` (RGB) arrays → uint8 ``[N,3,size,size]`` via PIL bilinear."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i, img in enumerate(images):
+        pil = Image.fromarray(img).convert("RGB")
+        if pil.size != (size, size):
+            pil = pil.resize((size, size), Image.BILINEAR)
+        out[i] = np.asarray(pil)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def load_dataset(name: str, *, input_size: int, seed: int = 0, val_fraction: float = 0.2,
+                 limit_train: int | None = None, limit_test: int | None = None) -> Dataset:
+    """Load a built-in data set by name, or an image folder by path.
+
+    ``limit_train``/``limit_test`` take a fixed, class-balanced-by-chance subset (first N after a
+    seeded shuffle) for quick experiments and tests; the report records the sizes used.
+
+    >>> ds = load_dataset("digits", input_size=32)
+    >>> ds.classes[:3]
+    ['0', '1', '2']
+    """
+    if input_size < 16:
+        raise CompressError(f"input size {input_size} is too small: use --input-size 16 or larger "
+                            "(the models downsample by 32; 32 is the default)")
+    if name == "fashion-mnist":
+        (trx, try_), (tex, tey), source = _fashion_mnist_arrays()
+        classes = FASHION_MNIST_LABELS
+    elif name == "digits":
+        (trx, try_), (tex, tey), source = _digits_arrays(seed)
+        classes = [str(i) for i in range(10)]
+    elif name == "cifar10":
+        (trx, try_), (tex, tey), classes, source = _cifar10_arrays()
+    elif name in ("", None):
+        raise CompressError("no data set given: use --data fashion-mnist|digits|cifar10|PATH")
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise CompressError(f"data path {str(path)!r} does not exist: give an image folder with one "
+                                f"subfolder per class, or a built-in data set ({', '.join(BUILTIN)})")
+        return _image_folder(path, input_size=input_size, seed=seed, val_fraction=val_fraction,
+                             limit_train=limit_train, limit_test=limit_test)
+    trx, try_ = _subset(trx, try_, limit_train, seed)
+    tex, tey = _subset(tex, tey, limit_test, seed + 1)
+    return _make(name, classes, trx, try_, tex, tey, input_size, source)
+
+
+def _make(name, classes, trx, try_, tex, tey, input_size, source) -> Dataset:
+    import numpy as np
+    import torch
+
+    h = hashlib.sha256()
+    for a in (trx, try_, tex, tey):
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update(repr(classes).encode())
+    return Dataset(
+        name=name, classes=list(classes),
+        train_x=resize_images(trx, input_size), train_y=torch.from_numpy(np.array(try_, dtype=np.int64)),
+        test_x=resize_images(tex, input_size), test_y=torch.from_numpy(np.array(tey, dtype=np.int64)),
+        source=source, fingerprint=h.hexdigest()[:16],
+    )
+
+
+def _subset(x, y, limit, seed):
+    import numpy as np
+
+    if limit is None or limit >= len(x):
+        return x, y
+    idx = np.random.default_rng(seed).permutation(len(x))[:limit]
+    idx.sort()
+    return x[idx], y[idx]
+
+
+def read_idx(path: Path) -> "np.ndarray":
+    """Read an IDX file (the MNIST format), gzipped or not."""
+    import numpy as np
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype != 0x08:
+            raise ValueError("not an unsigned-byte IDX file")
+        shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+        return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    except (OSError, ValueError, struct.error, EOFError) as e:
+        raise CompressError(f"cannot read {path}: {e}; reinstall the data set "
+                            "(apt-get install --reinstall dataset-fashion-mnist)") from None
+
+
+def _fashion_mnist_arrays():
+    files = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    for root in (FASHION_MNIST_DEBIAN,):
+        found = [next((root / (f + s) for s in (".gz", "") if (root / (f + s)).exists()), None) for f in files]
+        if all(found):
+            a = [read_idx(p) for p in found]
+            return (a[0], a[1]), (a[2], a[3]), f"{root} (Debian package dataset-fashion-mnist)"
+    # Not installed from Debian: torchvision's real download code path, cached under ~/.cache/compress/data.
+    root = _data_cache() / "torchvision"
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        tr = FashionMNIST(str(root), train=True, download=True)
+        te = FashionMNIST(str(root), train=False, download=True)
+    except Exception as e:  # network errors come in many types (URLError, RuntimeError, ...)
+        raise CompressError(f"Fashion-MNIST is not installed and the download failed ({type(e).__name__}): "
+                            "run `apt-get install dataset-fashion-mnist` or check the network") from None
+    return ((tr.data.numpy(), tr.targets.numpy()), (te.data.numpy(), te.targets.numpy()),
+            f"{root} (torchvision download)")
+
+
+def _digits_arrays(seed: int):
+    """scikit-learn's 8×8 digits (1,797 images, 0..16 gray levels), split 75/25 stratified."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    images = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
+    trx, tex, try_, tey = train_test_split(images, d.target, test_size=0.25, random_state=seed, stratify=d.target)
+    return (trx, try_), (tex, tey), "scikit-learn load_digits (bundled with scikit-learn)"
+
+
+def _cifar10_arrays():
+    import numpy as np
+
+    root = _data_cache() / "torchvision"
+    try:
+        from torchvision.datasets import CIFAR10
+
+        tr = CIFAR10(str(root), train=True, download=True)
+        te = CIFAR10(str(root), train=False, download=True)
+    except Exception as e:  # network errors come in many types (URLError, RuntimeError, ...)
+        raise CompressError(f"CIFAR-10 is not in {root} and the download failed ({type(e).__name__}): "
+                            "check the network, or place cifar-10-python.tar.gz there") from None
+    return ((tr.data, np.array(tr.targets)), (te.data, np.array(te.targets)), tr.classes,
+            f"{root} (torchvision download)")
+
+
+def _data_cache() -> Path:
+    return Path(os.environ.get("COMPRESS_CACHE", Path.home() / ".cache" / "compress")) / "data"
+
+
+def _image_folder(path: Path, *, input_size: int, seed: int, val_fraction: float,
+                  limit_train: int | None, limit_test: int | None) -> Dataset:
+    """``path/train/<class>/*`` and ``path/val/<class>/*``, or ``path/<class>/*`` split here (seeded, stratified)."""
+    import numpy as np
+
+    if not path.is_dir():
+        raise CompressError(f"data path {str(path)!r} is not a folder: give a folder with one subfolder per class")
+    if (path / "train").is_dir():
+        val = next((path / v for v in ("val", "test") if (path / v).is_dir()), None)
+        if val is None:
+            raise CompressError(f"{path} has train/ but no val/: add val/<class>/ images, "
+                                "or remove train/ and let compress split the class folders")
+        train_files, classes = _class_files(path / "train")
+        val_files, val_classes = _class_files(val, min_classes=1)
+        missing = sorted(set(classes) - set(val_classes))
+        extra = sorted(set(val_classes) - set(classes))
+        if missing or extra:
+            raise CompressError(f"{path}: classes differ between train/ and {val.name}/ "
+                                f"(missing from {val.name}/: {missing or 'none'}; not in train/: {extra or 'none'}): "
+                                "every class needs images in both")
+        tr = [(f, classes.index(c)) for c, fs in train_files.items() for f in fs]
+        te = [(f, classes.index(c)) for c, fs in val_files.items() for f in fs]
+        split = f"{path} (train/ and {val.name}/ folders)"
+    else:
+        files, classes = _class_files(path)
+        rng = np.random.default_rng(seed)
+        tr, te = [], []
+        for ci, c in enumerate(classes):
+            fs = sorted(files[c])
+            rng.shuffle(fs)
+            n_val = max(1, round(len(fs) * val_fraction))
+            if len(fs) - n_val < 1:
+                raise CompressError(f"class {c!r} in {path} has {len(fs)} image(s): each class needs at least 2 "
+                                    "(one to train, one to test)")
+            te += [(f, ci) for f in fs[:n_val]]
+            tr += [(f, ci) for f in fs[n_val:]]
+        split = f"{path} (split {1 - val_fraction:.0%}/{val_fraction:.0%} by compress, seed {seed})"
+    if limit_train:
+        tr = tr[:limit_train]
+    if limit_test:
+        te = te[:limit_test]
+    trx = _read_images([f for f, _ in tr], input_size)
+    tex = _read_images([f for f, _ in te], input_size)
+    return _make(path.name, classes, trx, np.array([c for _, c in tr]), tex, np.array([c for _, c in te]),
+                 input_size, split)
+
+
+def _class_files(root: Path, min_classes: int = 2) -> tuple[dict[str, list[Path]], list[str]]:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files = {c: sorted(f for f in (root / c).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) for c in classes}
+    files = {c: fs for c, fs in files.items() if fs}
+    if not files:
+        raise CompressError(f"no images found in {root}: put images (.png, .jpg, ...) in one subfolder per class")
+    if len(files) < min_classes:
+        raise CompressError(f"{root} has only one class ({next(iter(files))!r}): a classifier needs at least two "
+                            "class subfolders")
+    return files, sorted(files)
+
+
+def _read_images(files: list[Path], input_size: int) -> "np.ndarray":
+    """Decode and resize every image to ``input_size`` RGB; a bad file is named in the error."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    out = np.empty((len(files), input_size, input_size, 3), dtype=np.uint8)
+    for i, f in enumerate(files):
+        try:
+            with Image.open(f) as im:
+                im = im.convert("RGB")
+                if im.size != (input_size, input_size):
+                    im = im.resize((input_size, input_size), Image.BILINEAR)
+                out[i] = np.asarray(im)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise CompressError(f"cannot read image {f}: {e.__class__.__name__}: {e}; "
+                                "delete or replace the file") from None
+    return out

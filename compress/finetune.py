@@ -1,0 +1,55 @@
+"""Recovery fine-tuning after pruning or the edge-friendly swap, distilled from the unpruned baseline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from compress.errors import CompressError
+from compress.train import SCHEDULES, Distill, Recipe, fit
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from compress.pipeline import Context
+
+
+@dataclass(frozen=True, kw_only=True)
+class Finetune:
+    """Recover the accuracy a structural change cost, with the baseline as the teacher.
+
+    >>> recovered = Finetune(epochs=4)(pruned, ctx)  # doctest: +SKIP
+    """
+
+    epochs: int = 6
+    lr: float = 0.1  # peak of the one-cycle schedule; a quarter of the baseline's, the weights are already good
+    batch_size: int = 256
+    schedule: str = "onecycle"
+    weight_decay: float = 5e-5
+    label_smoothing: float = 0.0  # the teacher's soft targets already smooth the labels
+    distill: bool = True  # knowledge distillation from the unpruned baseline
+    temperature: float = 4.0
+    alpha: float = 0.7  # weight of the distillation loss against the hard-label loss
+
+    accepts = "torch"
+    name = "finetune"
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise CompressError(f"finetune epochs must be at least 1, got {self.epochs}: recovery needs training "
+                                "(set prune ratio 0 to skip pruning and recovery)")
+        if self.schedule not in SCHEDULES:
+            raise CompressError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.alpha <= 1 or not self.temperature > 0:
+            raise CompressError("finetune alpha must be in [0, 1] and temperature positive")
+
+    def recipe(self) -> Recipe:
+        return Recipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, schedule=self.schedule,
+                      weight_decay=self.weight_decay, label_smoothing=self.label_smoothing)
+
+    def __call__(self, model: "nn.Module", ctx: "Context") -> "nn.Module":
+        self.check()
+        teacher = ctx.teacher if self.distill else None
+        return fit(model, ctx.data, self.recipe(), seed=ctx.seed + 1, device=ctx.device, teacher=teacher,
+                   distill=Distill(temperature=self.temperature, alpha=self.alpha) if teacher is not None else None,
+                   on_epoch=ctx.epoch_done, on_batch=ctx.batch_done, checkpoint=ctx.checkpoint(self.name))

@@ -1,0 +1,263 @@
+"""One measurement harness for both kinds of model.
+
+``measure(model, ctx)`` returns a flat :class:`Metrics` record for a torch ``nn.Module`` or an
+:class:`~compress.export.OnnxModel`, with the same data, batch sizes and thread count. It never
+changes the model. Latency is always measured on the CPU, the edge proxy.
+
+Definitions, so numbers compare across steps:
+
+* ``top1_pct``: top-1 accuracy on the full held-out test split.
+* ``size_bytes``: the artifact on disk (ONNX file; for torch, the serialised state_dict).
+* ``params``: weight and bias elements (ONNX: initializers, excluding quantization scales and zero points).
+* ``macs``: multiply-accumulates of conv and linear layers for one image (elementwise ops excluded).
+* ``latency_ms_median``/``latency_ms_p90``: batch 1, after warm-up, ``threads`` intra-op threads.
+* ``throughput_ips``: images per second at ``throughput_batch``.
+* ``energy_per_inference_j``: energy of the timed batch-1 loop divided by its inferences, labelled
+  by ``energy_method``; ``co2_per_inference_g`` uses the run's country.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch.nn as nn
+
+    from compress.energy import EnergyMeter, Reading
+    from compress.export import OnnxModel
+    from compress.pipeline import Context
+
+
+@dataclass(frozen=True, kw_only=True)
+class Metrics:
+    top1_pct: float
+    size_bytes: int
+    params: int
+    macs: int
+    latency_ms_median: float
+    latency_ms_p90: float
+    latency_batch: int
+    latency_runs: int
+    threads: int
+    throughput_ips: float
+    throughput_batch: int
+    energy_per_inference_j: float | None
+    co2_per_inference_g: float | None
+    energy_method: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeasureConfig:
+    """How hard to measure. Defaults give stable medians on a busy 2-core machine in ~10 s a step."""
+
+    threads: int = 1  # batch-1 latency with one thread: the edge proxy, and the least noisy
+    warmup_runs: int = 50
+    min_runs: int = 1000  # the energy loop needs ≥1,000 inferences ...
+    min_seconds: float = 5.0  # ... and several seconds for the meter to mean anything
+    throughput_batch: int = 32
+    throughput_seconds: float = 1.5
+    eval_batch: int = 500
+
+    def check(self) -> None:
+        from compress.errors import CompressError
+
+        if self.threads < 1 or self.min_runs < 1 or self.throughput_batch < 1 or self.eval_batch < 1:
+            raise CompressError("measure: threads, min_runs, throughput_batch and eval_batch must be at least 1")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The flat metrics, plus the test-set confusion matrix (rows: true class, columns: predicted)."""
+
+    metrics: Metrics
+    confusion: list[list[int]]
+
+
+def measure(model: "nn.Module | OnnxModel", ctx: "Context", *, step: str) -> Measurement:
+    """Measure ``model`` on the context's test split and CPU.
+
+    >>> m = measure(model, ctx, step="baseline")  # doctest: +SKIP
+    >>> m.top1_pct, m.latency_ms_median
+    """
+    from compress.export import OnnxModel
+
+    cfg = ctx.measure
+    if isinstance(model, OnnxModel):
+        infer, info = onnx_runner(model, cfg.threads)
+    else:
+        infer, info = _torch_runner(model, cfg.threads)
+    try:
+        from compress.data import normalize
+
+        confusion = _confusion(infer, ctx, cfg.eval_batch)
+        times, energy = latency_loop(infer, normalize(ctx.data.test_x[:1]).numpy(), cfg, ctx.meter,
+                                     f"{step}/inference", ctx.tick)
+        ips = throughput(infer, normalize(ctx.data.test_x[:cfg.throughput_batch]).numpy(), cfg)
+    finally:
+        info["restore"]()
+    per_inf_j = energy.energy_j / len(times) if energy.energy_j is not None else None
+    per_inf_g = energy.co2_g / len(times) if energy.co2_g is not None else None
+    correct = sum(confusion[i][i] for i in range(len(confusion)))
+    top1 = 100.0 * correct / max(1, len(ctx.data.test_y))
+    return Measurement(Metrics(
+        top1_pct=top1, size_bytes=info["size_bytes"], params=info["params"], macs=info["macs"](ctx.data.input_size),
+        latency_ms_median=_quantile(times, 0.5) * 1e3, latency_ms_p90=_quantile(times, 0.9) * 1e3,
+        latency_batch=1, latency_runs=len(times), threads=cfg.threads, throughput_ips=ips,
+        throughput_batch=cfg.throughput_batch, energy_per_inference_j=per_inf_j, co2_per_inference_g=per_inf_g,
+        energy_method=energy.method,
+    ), confusion)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.quantile(np.asarray(values), q))
+
+
+def _confusion(infer: Callable, ctx: "Context", batch: int) -> list[list[int]]:
+    import numpy as np
+
+    from compress.data import batches
+
+    k = len(ctx.data.classes)
+    cm = np.zeros((k, k), dtype=np.int64)
+    for xb, yb in batches(ctx.data.test_x, ctx.data.test_y, batch):
+        np.add.at(cm, (yb.numpy(), infer(xb.numpy()).argmax(1)), 1)
+    return cm.tolist()
+
+
+def latency_loop(infer: Callable, x: "np.ndarray", cfg: MeasureConfig, meter: "EnergyMeter", task: str,
+                 tick: Callable[[str, int, int], None] | None = None) -> tuple[list[float], "Reading"]:
+    """Warm up, then time single calls until both ``min_runs`` and ``min_seconds`` are reached,
+    inside one energy-meter task. Returns per-call seconds and the energy reading."""
+    for _ in range(cfg.warmup_runs):
+        infer(x)
+    times: list[float] = []
+    with meter.track(task) as energy:
+        start = time.perf_counter()
+        while len(times) < cfg.min_runs or time.perf_counter() - start < cfg.min_seconds:
+            t0 = time.perf_counter()
+            infer(x)
+            times.append(time.perf_counter() - t0)
+            if tick and len(times) % 100 == 0:
+                tick("latency", len(times), cfg.min_runs)
+    return times, energy
+
+
+def throughput(infer: Callable, x: "np.ndarray", cfg: MeasureConfig) -> float:
+    """Images per second for repeated calls on the batch ``x``."""
+    infer(x)
+    n, start = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - start < cfg.throughput_seconds:
+        infer(x)
+        n += 1
+    return n * len(x) / (time.perf_counter() - start)
+
+
+def _torch_runner(model: "nn.Module", threads: int):
+    import torch
+
+    model = model.eval()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+    def infer(x: "np.ndarray") -> "np.ndarray":
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return infer, {
+        "size_bytes": buf.getbuffer().nbytes,
+        "params": sum(p.numel() for p in model.parameters()),
+        "macs": lambda size: torch_macs(model, size),
+        "restore": lambda: torch.set_num_threads(before),
+    }
+
+
+def onnx_runner(model: "OnnxModel", threads: int):
+    sess = model.session(threads)
+    name = sess.get_inputs()[0].name
+
+    def infer(x: "np.ndarray") -> "np.ndarray":
+        return sess.run(None, {name: x})[0]
+
+    params, _ = onnx_params_macs(model.path, 0)
+    return infer, {
+        "size_bytes": model.path.stat().st_size,
+        "params": params,
+        "macs": lambda size: onnx_params_macs(model.path, size)[1],
+        "restore": lambda: None,
+    }
+
+
+def torch_macs(model: "nn.Module", size: int) -> int:
+    """Conv and linear MACs for one ``3×size×size`` image (output elements × weights per output)."""
+    import torch
+    import torch.nn as nn
+
+    total = 0
+
+    def hook(mod, _inp, out):
+        nonlocal total
+        total += out.numel() * (mod.weight.numel() // mod.weight.shape[0])
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        for h in handles:
+            h.remove()
+    return int(total)
+
+
+def onnx_params_macs(path, size: int) -> tuple[int, int]:
+    """``(params, MACs)`` of an ONNX model, counted the same way as :func:`torch_macs`."""
+    import numpy as np
+    import onnx
+    from onnx import shape_inference
+
+    model = onnx.load(str(path))
+    inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    qparams = set()
+    dq_source = {}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            qparams.update(node.input[1:])
+            if node.op_type == "DequantizeLinear":
+                dq_source[node.output[0]] = node.input[0]
+    params = int(sum(np.prod(d, dtype=np.int64) for n, d in inits.items() if n not in qparams and len(d) >= 1))
+    if size <= 0:
+        return params, 0
+    graph_input = model.graph.input[0]
+    dims = graph_input.type.tensor_type.shape.dim
+    dims[0].ClearField("dim_param")
+    dims[0].dim_value = 1
+    for d, v in zip(dims[2:], (size, size)):
+        d.ClearField("dim_param")
+        d.dim_value = v
+    inferred = shape_inference.infer_shapes(model)
+    shapes = {vi.name: tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
+              for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    macs = 0
+    for node in inferred.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        w = node.input[1]
+        w_shape = inits.get(w) or inits.get(dq_source.get(w, ""))
+        out_shape = shapes.get(node.output[0])
+        if not w_shape or not out_shape:
+            continue
+        out_elems = int(np.prod(out_shape, dtype=np.int64))
+        if node.op_type == "Conv":
+            per_out = int(np.prod(w_shape[1:], dtype=np.int64))
+        else:  # Gemm/MatMul: K is the weight's reduction dim
+            trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+            per_out = w_shape[1] if trans_b else w_shape[0]
+        macs += out_elems * per_out
+    return params, int(macs)

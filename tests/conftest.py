@@ -1,0 +1,73 @@
+"""Shared fixtures: one real pipeline run on real data, reused by the end-to-end, bundle, ARM and web tests.
+
+Everything here runs the real torch, torch-pruning, onnxruntime and codecarbon; nothing is mocked.
+The baseline cache lives in a per-session temporary folder, so tests never touch ~/.cache.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    os.environ["COMPRESS_CACHE"] = str(tmp_path_factory.mktemp("compress-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, _isolated_cache) -> Path:
+    """A real `compress run --config configs/smoke.yaml`: tiny MobileNetV3 on a Fashion-MNIST subset,
+    pruned 0.5, distilled, exported and quantized. Returns the run folder."""
+    from compress.cli import main
+
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    assert main(["run", "--config", str(SMOKE), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def edge_bundle(smoke_run) -> Path:
+    """The smoke run's edge/ bundle: INT8 model.onnx, model_fp32.onnx, labels, preprocess, manifest."""
+    return smoke_run / "edge"
+
+
+def label_dir_name(label: str) -> str:
+    """Class folder name for a label: '/' cannot appear in a folder name ("T-shirt/top" → "T-shirt_top")."""
+    return label.replace("/", "_")
+
+
+@pytest.fixture(scope="session")
+def fmnist_test_images(tmp_path_factory) -> Path:
+    """250 real Fashion-MNIST *test* images (25 per class) as 28×28 grayscale PNGs in class folders."""
+    import numpy as np
+    from PIL import Image
+
+    from compress.data import FASHION_MNIST_DEBIAN, FASHION_MNIST_LABELS, read_idx
+
+    images = read_idx(FASHION_MNIST_DEBIAN / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(FASHION_MNIST_DEBIAN / "t10k-labels-idx1-ubyte.gz")
+    root = tmp_path_factory.mktemp("fmnist-test")
+    for c, name in enumerate(FASHION_MNIST_LABELS):
+        d = root / label_dir_name(name)
+        d.mkdir()
+        for i in np.flatnonzero(labels == c)[:25]:
+            Image.fromarray(images[i]).save(d / f"{i:05d}.png")
+    return root
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+    """Copy a file or folder into the test's tmp_path (tests that corrupt things work on copies)."""
+    def _copy(src: Path) -> Path:
+        dst = tmp_path / src.name
+        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, dst)
+        return dst
+    return _copy

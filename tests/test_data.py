@@ -1,0 +1,72 @@
+"""Data sets: the built-ins load real images, and an image folder is read, split and checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from compress.data import load_dataset
+from compress.errors import CompressError
+
+
+def test_fashion_mnist_reads_the_debian_package():
+    ds = load_dataset("fashion-mnist", input_size=32, limit_train=100, limit_test=50)
+    assert ds.train_x.shape == (100, 3, 32, 32) and ds.train_x.dtype == torch.uint8
+    assert "Debian" in ds.source and ds.classes[9] == "Ankle boot"
+    assert torch.equal(ds.train_x[:, 0], ds.train_x[:, 2])  # grayscale becomes three equal channels
+
+
+def test_full_fashion_mnist_test_split_is_10000_images():
+    ds = load_dataset("fashion-mnist", input_size=16)
+    assert ds.test_x.shape[0] == 10_000 and ds.train_x.shape[0] == 60_000
+
+
+def test_digits_is_split_stratified():
+    ds = load_dataset("digits", input_size=16)
+    assert len(ds.classes) == 10 and ds.train_x.shape[0] + ds.test_x.shape[0] == 1797
+    assert set(ds.test_y.tolist()) == set(range(10))
+
+
+def _folder(root, classes, n=4, size=(20, 24)):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, size + (3,), dtype=np.uint8)).save(root / c / f"{i}.jpg")
+    return root
+
+
+def test_image_folder_is_split_by_the_tool(tmp_path):
+    ds = load_dataset(str(_folder(tmp_path / "photos", ["cat", "dog"], n=10)), input_size=32)
+    assert ds.classes == ["cat", "dog"] and ds.train_x.shape[1:] == (3, 32, 32)
+    assert ds.test_x.shape[0] == 4 and ds.train_x.shape[0] == 16  # 20% of each class held out
+    assert "split" in ds.source
+
+
+def test_image_folder_with_train_and_val(tmp_path):
+    _folder(tmp_path / "d" / "train", ["a", "b", "c"])
+    _folder(tmp_path / "d" / "val", ["a", "b", "c"], n=2)
+    ds = load_dataset(str(tmp_path / "d"), input_size=32)
+    assert ds.train_x.shape[0] == 12 and ds.test_x.shape[0] == 6
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda p: _folder(p, ["only"]), "only one class"),
+    (lambda p: p.mkdir(), "no images found"),
+    (lambda p: (_folder(p / "train", ["a", "b"]), _folder(p / "val", ["a"])), r"missing from val/: \['b'\]"),
+    (lambda p: (_folder(p, ["a", "b"]), (p / "a" / "bad.png").write_bytes(b"not a png")), "cannot read image .*bad.png"),
+    (lambda p: (_folder(p, ["a", "b"]), (p / "a" / "empty.png").write_bytes(b"")), "cannot read image .*empty.png"),
+    (lambda p: None, "does not exist"),
+])
+def test_bad_image_folders_give_one_clear_error(tmp_path, setup, message):
+    p = tmp_path / "data"
+    setup(p)
+    with pytest.raises(CompressError, match=message):
+        load_dataset(str(p), input_size=32)
+
+
+def test_input_size_too_small_is_refused():
+    with pytest.raises(CompressError, match="too small"):
+        load_dataset("digits", input_size=8)
