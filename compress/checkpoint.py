@@ -24,6 +24,9 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be shared like any file
     try:
         write(Path(tmp))
         os.replace(tmp, path)
@@ -65,13 +68,57 @@ def load(path: Path) -> Any:
 def load_state_dict(path: Path, model: "nn.Module") -> None:
     """Load a state_dict file into ``model``; a checkpoint of another model is a clear error."""
     state = load(path)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
+    record = state if isinstance(state, dict) and "state_dict" in state else {"state_dict": state}
+    if not isinstance(record["state_dict"], dict):
         raise CompressError(f"{path} is not a state_dict checkpoint: save one with torch.save(model.state_dict())")
+    try:
+        restore_model(record, model)
+    except CompressError as e:
+        raise CompressError(f"{path} does not fit this model: {e}") from None
+
+
+# Pruned models have other channel counts than the architecture their builder makes. Instead of
+# pickling modules (unsafe to load), a model artifact stores plain integers describing each resized
+# layer next to its state_dict; loading rebuilds the architecture and resizes those layers.
+SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features")
+
+
+def model_record(model: "nn.Module") -> dict:
+    """``{"state_dict": ..., "structure": {module: {attr: int}}}``, loadable with ``weights_only=True``."""
+    structure = {}
+    for name, m in model.named_modules():
+        attrs = {a: getattr(m, a) for a in SHAPE_ATTRS if isinstance(getattr(m, a, None), int)}
+        if attrs:
+            structure[name] = attrs
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    return {"state_dict": state, "structure": structure}
+
+
+def restore_model(record: dict, model: "nn.Module") -> "nn.Module":
+    """Resize ``model``'s layers to ``record['structure']`` and load its weights (strictly)."""
+    import torch
+    import torch.nn as nn
+
+    state = record["state_dict"]
+    for name, attrs in record.get("structure", {}).items():
+        try:
+            m = model.get_submodule(name)
+        except AttributeError:
+            raise CompressError(f"checkpoint layer {name!r} does not exist in this model: it was saved for another "
+                                "model; use the matching --model") from None
+        for a, v in attrs.items():
+            setattr(m, a, v)
+        for pname, p in list(m.named_parameters(recurse=False)):
+            key = f"{name}.{pname}" if name else pname
+            if key in state and state[key].shape != p.shape:
+                m._parameters[pname] = nn.Parameter(torch.empty_like(state[key]))
+        for bname, b in list(m.named_buffers(recurse=False)):
+            key = f"{name}.{bname}" if name else bname
+            if b is not None and key in state and state[key].shape != b.shape:
+                m._buffers[bname] = torch.empty_like(state[key])
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).splitlines()[0][:150]
-        raise CompressError(f"{path} does not fit this model ({first}): it was saved for another model, "
-                            "class count or pruning; use the matching --model / data set") from None
+        raise CompressError(f"checkpoint does not fit this model ({str(e).splitlines()[0][:150]}): it was saved "
+                            "for another model or class count") from None
+    return model.eval()

@@ -6,16 +6,25 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
 from compress.errors import CompressError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong, where to look) and exit status 2."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="compress", description="Prune, fine-tune, export and quantize a CNN into a "
+    p = _Parser(prog="compress", description="Prune, fine-tune, export and quantize a CNN into a "
                                 "measured edge bundle.")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run the pipeline", description="Run baseline → prune → fine-tune → export → "
                        "INT8 → bundle, measuring after every step.")
@@ -43,10 +52,21 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--power-watts", type=float, help="measured device power; energy = watts × time")
     r.add_argument("--web", action="store_true", default=None,
                    help="also bundle the browser/phone page (edge/web/, needs `npm ci --prefix edge_demo/web`)")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last "
+                   "finished step (re-running into the same folder does this too)")
+    r.add_argument("--force", action="store_true", help="replace a finished run in --out")
     r.add_argument("--calibration", choices=["minmax", "entropy", "percentile"], help="INT8 calibration method")
     _output_flags(r)
 
     sub.add_parser("list", help="list models, data sets and stages")
+
+    rp = sub.add_parser("report", help="re-render report.md and report.html from a run's report.json")
+    rp.add_argument("run_dir", type=Path)
+
+    c = sub.add_parser("compare", help="put runs side by side (table, accuracy-vs-latency plot, Pareto frontier)")
+    c.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    c.add_argument("--out", type=Path, default=Path("runs/compare"), help="where compare.html/.md go "
+                   "(default runs/compare)")
 
     b = sub.add_parser("bench", help="measure an edge bundle or an ONNX model on this machine")
     b.add_argument("target", type=Path, help="an edge/ bundle folder or a .onnx file")
@@ -95,9 +115,20 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.command == "bench":
             return _bench(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "compare":
+            return _compare(args)
     except CompressError as e:
-        print(f"compress: error: {e}", file=sys.stderr)
+        print(f"compress: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+            where = f" writing {e.filename}" if e.filename else ""
+            print(f"compress: error: {e.strerror}{where}: free disk space or choose another --out; finished "
+                  "steps are kept and `--resume` continues from them", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("compress: interrupted; finished steps are kept in the run folder", file=sys.stderr)
         return 130
@@ -109,9 +140,11 @@ def _run(args: argparse.Namespace) -> int:
     from compress.rundir import default_run_dir, prepare_run_dir
 
     cfg = config.resolve(args.config, overrides_from_args(args))
+    if args.resume and not args.out:
+        raise CompressError("--resume needs --out: the run folder to continue")
     run_dir = args.out or default_run_dir(cfg)
     quiet = args.quiet or args.json
-    with prepare_run_dir(run_dir):
+    with prepare_run_dir(run_dir, resume=args.resume, force=args.force):
         with console.Progress(mode="quiet" if quiet else "auto") as progress:
             report = pipeline.run(cfg, run_dir, progress=progress)
     if args.json:
@@ -130,6 +163,23 @@ def _list() -> int:
           ", ".join(f"{k} → {v}" for k, v in ALIASES.items()) + ")")
     print("data:     " + ", ".join(BUILTIN) + ", or a folder of class subfolders (train/ and val/ optional)")
     print("stages:   " + " → ".join(STAGE_NAMES) + " → bundle")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from compress.report import RunReport, write_reports
+
+    report = RunReport.load(args.run_dir)
+    write_reports(report, args.run_dir)
+    print(f"wrote {args.run_dir / 'report.md'} and {args.run_dir / 'report.html'}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from compress.compare import compare
+
+    html, md = compare(args.run_dirs, args.out)
+    print(f"wrote {html} and {md}")
     return 0
 
 

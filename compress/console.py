@@ -86,6 +86,12 @@ class Progress:
         self._plain(f"[{step}] {STEP_TITLES.get(step, step)} ...")
         self._set_task(f"{step}: {STEP_TITLES.get(step, step)}", None)
 
+    def resumed(self, steps: list[str]) -> None:
+        msg = f"resuming: {', '.join(steps)} already done and verified (sha256)"
+        self._plain(msg)
+        if self._bar is not None:
+            self._bar.console.print(f"[dim]{msg}[/dim]")
+
     def step_measuring(self, step: str) -> None:
         self._plain(f"[{step}] measuring accuracy, latency and energy ...")
         self._set_task(f"{step}: measuring", None)

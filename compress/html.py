@@ -31,7 +31,9 @@ HURT_CLASSES = 3  # how many of the most-hurt classes the page names
 
 
 @dataclass(frozen=True)
-class Figure:
+class Plot:
+    """One rendered figure: its PNG, and the words the page puts around it."""
+
     name: str  # file stem in plots/
     title: str
     caption: str
@@ -42,7 +44,8 @@ class Figure:
 def write_html(report: "RunReport", run_dir: Path) -> Path:
     """Write ``run_dir/report.html`` and ``run_dir/plots/*.png`` (each atomically); returns the HTML path.
 
-    Class names come from the run's ``edge/labels.json`` (class indices when it is missing).
+    Class names come from report.json's ``dataset.class_names``, else the run's ``edge/labels.json``, else
+    class indices.
     """
     from compress.checkpoint import atomic_write
 
@@ -76,33 +79,33 @@ def class_labels(report: "RunReport", run_dir: Path) -> list[str]:
     return [str(i) for i in range(k)]
 
 
-def draw_figures(report: "RunReport", labels: list[str]) -> list[Figure]:
+def draw_figures(report: "RunReport", labels: list[str]) -> list[Plot]:
     """Every figure the report has data for, in page order."""
     from compress import plots
 
     steps, base, final = report.steps, report.steps[0], report.steps[-1]
     out = [
-        Figure("accuracy_latency", "Accuracy vs latency",
+        Plot("accuracy_latency", "Accuracy vs latency",
                "One point per step, in step order along the arrows. Up and to the left is better.",
-               plots.png(plots.accuracy_latency(steps)), wide=False),
+               plots.png(plots.accuracy_latency(steps))),
     ]
     if len(steps) >= 2 and report.carbon:
-        out.append(Figure("carbon_break_even", "Carbon break-even",
+        out.append(Plot("carbon_break_even", "Carbon break-even",
                           "Cumulative CO₂ of serving the baseline vs compressing once and serving the final model.",
                           plots.png(plots.carbon_break_even(report.carbon))))
-    out.append(Figure("size_macs_latency", "Size, compute and latency per step",
+    out.append(Plot("size_macs_latency", "Size, compute and latency per step",
                       "The artifact on disk, conv + linear multiply-accumulates per image, and median batch-1 latency.",
                       plots.png(plots.size_macs_latency(steps)), wide=True))
-    out.append(Figure("energy_co2", "Energy and CO₂",
+    out.append(Plot("energy_co2", "Energy and CO₂",
                       "Energy per inference of each step's model, and the CO₂ each stage's own work emitted "
                       "(training, pruning, fine-tuning, export, quantization).",
                       plots.png(plots.energy_co2(steps)), wide=True))
     if final.confusion:
-        out.append(Figure("confusion_final", f"Confusion matrix: {final.step}",
+        out.append(Plot("confusion_final", f"Confusion matrix: {final.step}",
                           "Test split counts; rows are the true class, columns the prediction.",
                           plots.png(plots.confusion_matrix(final.confusion, labels, step=final.step))))
     if final is not base and base.confusion and len(base.confusion) == len(final.confusion or []):
-        out.append(Figure("class_change", "Per-class accuracy change",
+        out.append(Plot("class_change", "Per-class accuracy change",
                           f"Final model vs baseline, per true class; the {HURT_CLASSES} classes hurt most in red.",
                           plots.png(plots.class_change(base.confusion, final.confusion, labels, hurt=HURT_CLASSES))))
     return out
@@ -111,7 +114,7 @@ def draw_figures(report: "RunReport", labels: list[str]) -> list[Figure]:
 # ------------------------------------------------------------------------------------------------ page
 
 
-def render_html(report: "RunReport", figures: list[Figure], labels: list[str]) -> str:
+def render_html(report: "RunReport", figures: list[Plot], labels: list[str]) -> str:
     """The whole page as a string (no I/O)."""
     title = f"{report.model} on {report.dataset.get('name', 'n/a')}"
     body = "\n".join([
@@ -197,7 +200,8 @@ def _cards(report: "RunReport") -> str:
             value = value.split(" / ")[0] + " ms"  # the table's "p50 / p90" cell; the card shows the median
         d = _safe(delta, final, base, key, default="")
         sub = f"{d} vs baseline" if d else ("baseline only" if final is base else "")
-        cards.append(_card(wanted[key], value, sub, _direction(final, base, key, lower)))
+        note = method_kind(final.metrics.get("energy_method")) if key == "energy_per_inference_j" else ""
+        cards.append(_card(wanted[key], value, sub, _direction(final, base, key, lower), note))
     c = report.carbon or {}
     be = c.get("break_even_inferences")
     if final is base or not c:
@@ -213,9 +217,17 @@ def _cards(report: "RunReport") -> str:
     return f'<section class="cards" aria-label="final model vs baseline">{"".join(cards)}</section>'
 
 
-def _card(label: str, value: str, sub: str, tone: str) -> str:
+def method_kind(label: str | None) -> str:
+    """The energy method in a few words, so a headline figure never reads as measured when it was estimated."""
+    kind = (label or "").split(":")[0]
+    return {"codecarbon-estimate": "estimated from time, not measured", "rapl": "measured (RAPL counters)",
+            "user-power": "from your power figure × time"}.get(kind, kind)
+
+
+def _card(label: str, value: str, sub: str, tone: str, note: str = "") -> str:
     return (f'<div class="card"><div class="label">{escape(label)}</div><div class="value">{escape(value)}</div>'
-            f'<div class="delta {tone}">{escape(sub)}</div></div>')
+            f'<div class="delta {tone}">{escape(sub)}</div>'
+            + (f'<div class="note">{escape(note)}</div>' if note else "") + "</div>")
 
 
 def work_time(step: "StepReport") -> str:
@@ -248,7 +260,7 @@ def _table(report: "RunReport") -> str:
             f"</thead><tbody>{''.join(rows)}</tbody></table></div></section>")
 
 
-def _figures(figures: list[Figure]) -> str:
+def _figures(figures: list[Plot]) -> str:
     items = []
     for f in figures:
         src = "data:image/png;base64," + base64.b64encode(f.png).decode("ascii")
@@ -305,7 +317,7 @@ def _how_measured(report: "RunReport") -> str:
     mc = report.config.get("measure") or {}
     env = report.environment
     runs = [s.metrics.get("latency_runs") for s in report.steps if s.metrics.get("latency_runs") is not None]
-    runs_text = (f"{min(runs):,}" if runs and min(runs) == max(runs) else f"{min(runs):,}–{max(runs):,}") if runs else "n/a"
+    runs_text = "n/a" if not runs else f"{min(runs):,}" if min(runs) == max(runs) else f"{min(runs):,}–{max(runs):,}"
     c = report.carbon or {}
     items = [
         ("Accuracy", f"top-1 on the full held-out test split: {_n(report.dataset.get('test_images'))} images "
@@ -383,14 +395,15 @@ section { margin-top: 28px; }
 .eyebrow { text-transform: uppercase; letter-spacing: .08em; font-size: 12px; color: var(--accent); margin: 0;
            font-weight: 600; }
 .sub { color: var(--muted); margin: 0 0 12px; }
-.verdict { font-size: 17px; margin: 0; padding: 12px 16px; background: var(--card); border-left: 4px solid var(--accent);
-           border-radius: 4px; }
+.verdict { font-size: 17px; margin: 0; padding: 12px 16px; background: var(--card);
+           border-left: 4px solid var(--accent); border-radius: 4px; }
 .cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(190px, 1fr)); gap: 12px; margin-top: 20px; }
 .card { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 14px 16px; }
 .card .label { font-size: 12px; color: var(--muted); text-transform: uppercase; letter-spacing: .05em; }
 .card .value { font-size: 24px; font-weight: 650; margin: 2px 0; font-variant-numeric: tabular-nums; }
 .delta { font-size: 12.5px; color: var(--muted); }
 .delta.good { color: var(--good); }
+.card .note { font-size: 12px; color: var(--muted); font-style: italic; margin-top: 2px; }
 .delta.bad { color: var(--bad); }
 .hint { color: var(--muted); font-size: 13px; margin: -6px 0 10px; }
 .scroll { overflow-x: auto; background: var(--card); border: 1px solid var(--line); border-radius: 8px; }
@@ -417,7 +430,8 @@ dl { display: grid; grid-template-columns: max-content 1fr; gap: 6px 18px; margi
      border: 1px solid var(--line); border-radius: 8px; padding: 14px 16px; font-size: 14px; }
 dt { font-weight: 600; }
 dd { margin: 0; color: #333; }
-details { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 10px 16px; font-size: 13.5px; }
+details { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 10px 16px;
+          font-size: 13.5px; }
 summary { cursor: pointer; font-weight: 600; }
 footer { margin-top: 36px; color: #999; font-size: 12px; }
 @media (max-width: 800px) { .figures { grid-template-columns: 1fr; } dl { grid-template-columns: 1fr; } }

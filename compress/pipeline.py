@@ -101,10 +101,13 @@ class Baseline:
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def __call__(self, model: None, ctx: Context) -> "nn.Module":
+        import torch
+
         from compress import checkpoint as ckpt
         from compress.models import create_model
         from compress.train import fit
 
+        torch.manual_seed(ctx.seed)  # the random init of the new layers is part of what the seed fixes
         net, init = create_model(self.model, num_classes=len(ctx.data.classes), weights=self.weights)
         key = self.cache_key(ctx)
         cached = cache_dir() / "baselines" / f"{key}.pt"
@@ -120,7 +123,7 @@ class Baseline:
             recipe = dataclasses.replace(recipe, head_epochs=0)
         trained = fit(net, ctx.data, recipe, seed=ctx.seed, device=ctx.device, on_epoch=ctx.epoch_done,
                       on_batch=ctx.batch_done, checkpoint=ctx.checkpoint(self.name))
-        ckpt.save(canonical_state_dict(trained), cached)
+        ckpt.save(ckpt.model_record(trained), cached)
         meta_file.write_text(json.dumps({"init": init, "model": self.model, "recipe": dataclasses.asdict(recipe),
                                          "data": ctx.data.summary()}, indent=1))
         ctx.note(self.name, init=init, cache=str(cached), cache_hit=False)
@@ -174,6 +177,7 @@ def run(cfg: "RunConfig", run_dir: Path, *, progress: Any = None) -> "RunReport"
     import torch
 
     from compress.bundle import write_bundle
+    from compress.checkpoint import atomic_write
     from compress.config import dump_yaml
     from compress.console import library_output_to
     from compress.data import load_dataset
@@ -187,24 +191,77 @@ def run(cfg: "RunConfig", run_dir: Path, *, progress: Any = None) -> "RunReport"
     device = resolve_device(cfg.device)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    done = _completed_steps(run_dir, cfg, chain)
+    if not done:
+        atomic_write(run_dir / "config.yaml", lambda p: p.write_text(dump_yaml(cfg)))
     if cfg.train_threads:
         torch.set_num_threads(cfg.train_threads)
     with library_output_to(run_dir / "compress.log"):
         data = load_dataset(cfg.data, input_size=cfg.input_size, seed=cfg.seed, val_fraction=cfg.val_fraction,
                             limit_train=cfg.limit_train, limit_test=cfg.limit_test)
         report = RunReport(config=dataclasses.asdict(cfg), environment=environment(device, cfg.measure.threads),
-                           dataset=data.summary(), model=cfg.model)
+                           dataset=data.summary(), model=cfg.model, steps=done)
         with EnergyMeter(country=cfg.country, power_watts=cfg.power_watts, log_file=run_dir / "compress.log") as meter:
             ctx = Context(data=data, run_dir=run_dir, seed=cfg.seed, device=device, measure=cfg.measure,
                           meter=meter, progress=progress)
-            model = None
-            for stage in chain:
+            model = _restore(done, chain, cfg, ctx) if done else None
+            for stage in chain[len(done):]:
                 model = _step(stage, model, ctx, report)
+                atomic_write(run_dir / PROGRESS, lambda p: p.write_text(report.to_json()))
             write_bundle(model, ctx, report, run_dir / "edge", web=cfg.web)
     report.finish()
     write_reports(report, run_dir)
+    (run_dir / PROGRESS).unlink(missing_ok=True)
     return report
+
+
+PROGRESS = "progress.json"  # the finished steps of an unfinished run; removed when report.json is written
+
+
+def _completed_steps(run_dir: Path, cfg: "RunConfig", chain: list) -> list:
+    """The verified records of steps an earlier, interrupted run into ``run_dir`` finished."""
+    from compress.config import resolve
+    from compress.report import RunReport
+
+    progress = run_dir / PROGRESS
+    if not progress.exists():
+        return []
+    if (run_dir / "config.yaml").exists() and resolve(run_dir / "config.yaml") != cfg:
+        raise CompressError(f"{run_dir} holds an unfinished run with another config: resume it with "
+                            f"`compress run --config {run_dir / 'config.yaml'} --out {run_dir}`, start over with "
+                            "--force, or choose another --out")
+    steps = RunReport.load(progress).steps
+    names = [s.name for s in chain]
+    if [s.step for s in steps] != names[:len(steps)]:
+        raise CompressError(f"{run_dir}/{PROGRESS} does not match this config's steps: start over with --force")
+    for s in steps:
+        f = run_dir / s.artifact
+        if not f.is_file() or sha256_file(f) != s.artifact_sha256:
+            raise CompressError(f"{f} is missing or changed since its step finished (sha256 mismatch): "
+                                "start over with --force")
+    return steps
+
+
+def _restore(done: list, chain: list, cfg: "RunConfig", ctx: Context) -> Any:
+    """Rebuild the teacher and the last finished step's model from their artifacts."""
+    from compress import checkpoint as ckpt
+    from compress.export import OnnxModel
+    from compress.models import create_model
+
+    for s in done:
+        ctx.notes[s.step] = dict(s.notes)
+
+    def torch_model(step) -> "nn.Module":
+        net, _ = create_model(cfg.model, num_classes=len(ctx.data.classes), weights="none")
+        if any(d.step == "edge_friendly" for d in done[:done.index(step) + 1]):
+            net = cfg.edge_friendly(net, ctx)  # structural swap only; the weights come from the artifact
+        return ckpt.restore_model(ckpt.load(ctx.run_dir / step.artifact), net)
+
+    ctx.teacher = torch_model(done[0])
+    last = done[-1]
+    if ctx.progress:
+        ctx.progress.resumed([s.step for s in done])
+    return OnnxModel(ctx.run_dir / last.artifact) if last.kind == "onnx" else torch_model(last)
 
 
 def _step(stage: Any, model: Any, ctx: Context, report: "RunReport") -> Any:
@@ -254,15 +311,9 @@ def _save_artifact(model: Any, ctx: Context, step: str) -> Path:
     if isinstance(model, OnnxModel):
         return model.path
     path = ctx.artifact(step, "model.pt")
-    ckpt.save(canonical_state_dict(model), path)
+    ckpt.save(ckpt.model_record(model), path)
     ctx.checkpoint(step).unlink(missing_ok=True)  # the finished artifact supersedes the training state
     return path
-
-
-def canonical_state_dict(model: "nn.Module") -> dict:
-    """Contiguous, unshared copies: the same weights always serialise to the same bytes (and sha256),
-    whatever memory format training used."""
-    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
 
 
 def sha256_file(path: Path) -> str:

@@ -23,6 +23,7 @@ GREY = "#8C8C8C"  # the baseline, and "before"
 LIGHT = "#56B4E9"  # intermediate steps
 BLUE = "#0072B2"  # the final model, and "after"
 RED = "#D55E00"  # worse: classes hurt, extra cost
+PALE_RED = "#F2A27A"  # worse, but not among the worst
 GREEN = "#009E73"  # better
 ORANGE = "#E69F00"  # a marked point (break-even, frontier)
 INK = "#222222"
@@ -58,12 +59,15 @@ DPI = 150  # sharp on slides and high-density screens, ~50-100 KB a figure
 # Widths in inches for a figure in half of the report's two-column grid and one spanning both: in that proportion
 # the page shows every figure's text at about the same size.
 HALF, WIDE = 5.6, 11.0
+MAX_CLASS_ROWS = 30  # per-class change figure: beyond this, the most hurt and the most improved classes
 
 
 def _figure(width: float, height: float, **subplots) -> tuple["Figure", list["Axes"]]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # the Agg canvas, attached directly: no pyplot, no global backend switch
     axes = fig.subplots(**subplots) if subplots else fig.subplots()
     return fig, list(axes.flat) if hasattr(axes, "flat") else [axes]
 
@@ -86,9 +90,6 @@ def png(fig: "Figure") -> bytes:
     """The figure as PNG bytes (no metadata, so a re-render of the same report gives the same file)."""
     import io
 
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
@@ -150,8 +151,7 @@ def _label_points(ax: "Axes", xs: Sequence[float], ys: Sequence[float], labels: 
                   colors: Sequence[str]) -> None:
     """Name each point; a point close to an earlier one gets its label on the other side."""
     placed: list[tuple[float, float]] = []
-    fig = ax.get_figure()
-    fig.canvas.draw()  # limits are final only after a draw
+    ax.get_figure().canvas.draw()  # limits and layout are final only after a draw
     to_px = ax.transData.transform
     for x, y, text, color in zip(xs, ys, labels, colors):
         px = to_px((x, y))
@@ -309,8 +309,9 @@ def carbon_break_even(carbon: dict) -> "Figure":
         ax.fill_between([be, x_max], [b * be * mult, b * x_max * mult], [y * mult, (spent + f * x_max) * mult],
                         color=GREEN, alpha=0.12, lw=0, label="CO₂ saved after break-even")
     else:
-        ax.text(0.5, 0.55, "never pays back:\nthe final model saves no CO₂ per inference", transform=ax.transAxes,
-                ha="center", va="center", fontsize=11, color=RED, fontweight="bold")
+        ax.text(0.6, 0.4, "never pays back:\nthe final model saves no CO₂ per inference", transform=ax.transAxes,
+                ha="center", va="center", fontsize=11, color=RED, fontweight="bold", zorder=5,
+                bbox=dict(facecolor="white", edgecolor=RED, boxstyle="round,pad=0.5", alpha=0.95))
     ax.set_xlim(0, x_max)
     ax.set_ylim(0, None)
     ax.set_ylabel(f"cumulative CO₂ ({unit})")
@@ -347,11 +348,14 @@ def confusion_matrix(confusion: Sequence[Sequence[int]], labels: Sequence[str], 
                 if cm[i, j]:
                     ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=8 if k <= 15 else 6,
                             color="white" if share[i, j] > 0.55 else INK)
-    ticks = range(k)
-    ax.set_xticks(list(ticks), labels if k <= 40 else [""] * k, rotation=45, ha="right")
-    ax.set_yticks(list(ticks), labels if k <= 40 else [""] * k)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
+    if k <= 40:
+        ax.set_xticks(range(k), labels, rotation=45, ha="right")
+        ax.set_yticks(range(k), labels)
+    else:  # too many names to read: class order is the index order of dataset.class_names
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.set_xlabel("predicted class" + (f" (0 to {k - 1})" if k > 40 else ""))
+    ax.set_ylabel("true class" + (f" (0 to {k - 1})" if k > 40 else ""))
     ax.set_title(f"Confusion matrix: {step} (final model), test split")
     cbar = fig.colorbar(im, ax=ax, shrink=0.8)
     cbar.set_label("share of the true class")
@@ -368,12 +372,15 @@ def class_change(before: Sequence[Sequence[int]], after: Sequence[Sequence[int]]
     a, b = class_accuracy(before), class_accuracy(after)
     rows = [(labels[i], a[i], b[i], sum(after[i])) for i in range(len(labels)) if a[i] is not None and b[i] is not None]
     rows.sort(key=lambda r: r[2] - r[1])  # most hurt first
+    total = len(rows)
+    if total > MAX_CLASS_ROWS:  # many classes: the ends of the ranking are what a reader needs
+        rows = rows[:MAX_CLASS_ROWS * 2 // 3] + rows[-(MAX_CLASS_ROWS // 3):]
     k = len(rows)
     fig, (ax,) = _figure(HALF, max(3.0, 0.3 * k + 1.4))
     worst = {r[0] for r in rows[:hurt] if r[2] - r[1] < 0}
     changes = [r[2] - r[1] for r in rows]
     ys = list(range(k))[::-1]  # most hurt at the top
-    colors = [RED if r[0] in worst else (GREEN if c > 0 else "#F2A27A" if c < 0 else GREY) for r, c in zip(rows, changes)]
+    colors = [RED if r[0] in worst else GREEN if c > 0 else PALE_RED if c < 0 else GREY for r, c in zip(rows, changes)]
     ax.barh(ys, changes, color=colors, height=0.7)
     ax.axvline(0, color="#999999", lw=0.8)
     span = max((abs(c) for c in changes), default=1) or 1
@@ -393,7 +400,8 @@ def class_change(before: Sequence[Sequence[int]], after: Sequence[Sequence[int]]
     ax.set_ylim(-0.6, k - 0.4)
     ax.grid(axis="y", visible=False)
     ax.set_xlabel("per-class accuracy change vs baseline (pt)")
-    ax.set_title("Which classes paid for the compression")
+    ax.set_title("Which classes paid for the compression"
+                 + (f"\n(the {k} most changed of {total} classes)" if total > k else ""))
     return fig
 
 

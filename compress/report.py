@@ -12,7 +12,6 @@ import json
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from compress.errors import CompressError
 
@@ -70,7 +69,7 @@ class RunReport:
             return cls.from_dict(json.loads(path.read_text()))
         except FileNotFoundError:
             raise CompressError(f"{path} not found: give a run folder written by `compress run`") from None
-        except (json.JSONDecodeError, TypeError, KeyError) as e:
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
             raise CompressError(f"{path} is not a compress report ({type(e).__name__}): re-run the job") from None
 
 
@@ -172,7 +171,10 @@ def fmt_energy(j: float | None) -> str:
 def fmt_co2(g: float | None) -> str:
     if g is None:
         return "n/a"
-    return f"{g:.3g} g" if g >= 0.001 else f"{g * 1000:.3g} mg"
+    for unit, mult in (("g", 1), ("mg", 1e3), ("µg", 1e6)):
+        if abs(g) * mult >= 1 or unit == "µg":
+            return f"{g * mult:.3g} {unit}"
+    return str(g)
 
 
 def cell(step: StepReport, key: str, kind: str) -> str:
@@ -185,7 +187,8 @@ def cell(step: StepReport, key: str, kind: str) -> str:
     if kind == "count":
         return fmt_count(v)
     if kind == "latency":
-        return f"{v:.3f} / {m['latency_ms_p90']:.3f}"
+        p90 = m.get("latency_ms_p90")
+        return f"{v:.3f} / {p90:.3f}" if p90 is not None else f"{v:.3f} / n/a"
     if kind == "energy":
         return fmt_energy(v)
     return kind.format(v)
@@ -200,9 +203,10 @@ def delta(step: StepReport, base: StepReport, key: str) -> str:
         return f"{v - b:+.2f} pt"
     if not v:
         return ""
-    return f"{b / v:.2f}× smaller" if key in ("size_bytes", "params", "macs") else (
-        f"{b / v:.2f}× faster" if key == "latency_ms_median" else f"{v / b:.2f}×" if key == "throughput_ips" else
-        f"{b / v:.2f}× less")
+    better, worse = {"latency_ms_median": ("faster", "slower"), "throughput_ips": ("faster", "slower")}.get(
+        key, ("smaller", "larger") if key in ("size_bytes", "params", "macs") else ("less", "more"))
+    ratio = (v / b) if key == "throughput_ips" else (b / v)
+    return f"{ratio:.2f}× {better}" if ratio >= 1 else f"{1 / ratio:.2f}× {worse}"
 
 
 def render_markdown(report: RunReport) -> str:
@@ -252,17 +256,10 @@ def verdict(report: RunReport) -> str:
 
 
 def write_reports(report: RunReport, run_dir: Path) -> None:
-    """report.json, report.md, and (when the html module is present) report.html, each written atomically."""
+    """report.json, report.md and report.html (with plots/*.png), each written atomically."""
     from compress.checkpoint import atomic_write
+    from compress.html import write_html
 
     atomic_write(run_dir / "report.json", lambda p: p.write_text(report.to_json()))
     atomic_write(run_dir / "report.md", lambda p: p.write_text(render_markdown(report)))
-    try:
-        from compress.html import write_html
-    except ImportError:
-        return
     write_html(report, run_dir)
-
-
-def load_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())

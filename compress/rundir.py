@@ -1,10 +1,17 @@
-"""Run folders: the default name, and preparing one safely before any work starts."""
+"""Run folders: the default name, a lock against two runs in one folder, and resume/force rules.
+
+- A folder with a finished run (``report.json``) is never overwritten unless ``--force``.
+- A folder with an unfinished run (``progress.json``) is resumed from its last finished step.
+- A second run into a folder that a live run holds is refused; a lock left by a dead process is taken over.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
 import re
+import shutil
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -14,6 +21,11 @@ from compress.errors import CompressError
 if TYPE_CHECKING:
     from compress.config import RunConfig
 
+LOCK = ".compress.lock"
+# What compress writes into a run folder; --force removes these and nothing else.
+OWNED = ("config.yaml", "report.json", "report.md", "report.html", "progress.json", "compress.log", "plots",
+         "edge", "edge.partial", "baseline", "prune", "edge_friendly", "finetune", "export", "quantize")
+
 
 def default_run_dir(cfg: "RunConfig") -> Path:
     """``runs/<UTC time>_<model>_<data>``: a new folder for every run, so nothing is overwritten."""
@@ -22,9 +34,45 @@ def default_run_dir(cfg: "RunConfig") -> Path:
     return Path("runs") / f"{stamp}_{cfg.model}_{data}"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
-def prepare_run_dir(run_dir: Path) -> Iterator[Path]:
-    """Create ``run_dir`` (or check it is usable) before any expensive work."""
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """An exclusive lock file holding ``pid@host``; a lock whose process is gone is stale and replaced."""
+    lock = run_dir / LOCK
+    me = f"{os.getpid()}@{socket.gethostname()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = lock.read_text().strip() if lock.exists() else ""
+            pid, _, host = owner.partition("@")
+            if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+                lock.unlink(missing_ok=True)  # stale: its process died without cleaning up
+                continue
+            raise CompressError(f"{run_dir} is in use by another compress run ({owner or 'unknown'}): wait for it, "
+                                f"or choose another --out (if no run is active, delete {lock})") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    try:
+        yield
+    finally:
+        if lock.exists() and lock.read_text().strip() == me:
+            lock.unlink()
+
+
+@contextmanager
+def prepare_run_dir(run_dir: Path, *, resume: bool = False, force: bool = False) -> Iterator[Path]:
+    """Check ``run_dir`` is usable, lock it, and apply the resume/force rules, before any expensive work."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise CompressError(f"output path {run_dir} is a file: choose a folder with --out")
@@ -34,6 +82,18 @@ def prepare_run_dir(run_dir: Path) -> Iterator[Path]:
         raise CompressError(f"cannot create run folder {run_dir}: {e.strerror}: choose another --out") from None
     if not os.access(run_dir, os.W_OK):
         raise CompressError(f"run folder {run_dir} is not writable: choose another --out or fix its permissions")
-    if (run_dir / "report.json").exists():
-        raise CompressError(f"{run_dir} already holds a finished run: choose another --out")
-    yield run_dir
+    with run_lock(run_dir):
+        finished = (run_dir / "report.json").exists()
+        unfinished = (run_dir / "progress.json").exists()
+        if force:
+            for name in OWNED:
+                p = run_dir / name
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        elif finished:
+            raise CompressError(f"{run_dir} already holds a finished run"
+                                + (": there is nothing to resume" if resume else "")
+                                + "; choose another --out, or add --force to replace it")
+        elif resume and not unfinished:
+            raise CompressError(f"nothing to resume in {run_dir}: no finished step is recorded there; "
+                                "drop --resume to start a new run")
+        yield run_dir

@@ -1,0 +1,192 @@
+"""Shared by the benchmark scripts: the environment record, interleaved timing, MAC bounds, CSV and Markdown.
+
+Every comparison runs its alternatives in one process, interleaved in short blocks with the order reversed
+every other block, so load from other processes falls on all of them alike. Ratios are what to read;
+absolute times move with the machine's load (the environment records the load average before and after).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata as md
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+# Peak multiply-accumulates per cycle per core, from vector width, assuming two vector ports:
+# FP32: 2 FMA ports × 16 lanes (AVX-512) = 32; INT8: VPDPBUSD does 64 u8×s8 MACs per 512-bit op × 2 ports = 128.
+# AVX2-only CPUs get half of each. Zen 4 (AMD family 25) runs 512-bit ops as two 256-bit halves, so its real peak
+# is half of this nominal figure: the "× MAC bound" column is then twice as pessimistic as it reads.
+FP32_MACS_PER_CYCLE = {"avx512": 32, "avx2": 16}
+INT8_MACS_PER_CYCLE = {"avx512": 128, "avx2": 64}
+
+
+def cpuinfo() -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if ":" in line:
+                    k, v = (s.strip() for s in line.split(":", 1))
+                    out.setdefault(k, v)
+    except OSError:
+        pass
+    return out
+
+
+def vector_isa(flags: set[str]) -> str:
+    return "avx512" if "avx512f" in flags else "avx2"
+
+
+def environment(threads: list[int]) -> dict[str, Any]:
+    """CPU (model, family, nominal MHz, SIMD flags), cores, threads used, load, library versions."""
+    info = cpuinfo()
+    flags = set(info.get("flags", info.get("Features", "")).split())
+    versions = {}
+    for pkg in ("torch", "torchvision", "onnx", "onnxruntime", "torch-pruning", "numpy", "compress"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    isa = vector_isa(flags)
+    return {
+        "cpu": info.get("model name", platform.processor()), "cpu_family": info.get("cpu family"),
+        "cpu_model": info.get("model"), "cpu_mhz": float(info.get("cpu MHz", "nan")),
+        "simd_flags": sorted(flags & {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+                                      "avx512_bf16", "amx_int8", "asimd", "asimddp", "i8mm"}),
+        "cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "threads_measured": threads, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "loadavg_start": os.getloadavg(), "python": platform.python_version(), "machine": platform.machine(),
+        "versions": versions,
+        "mac_bound_assumption": f"{isa}: FP32 {FP32_MACS_PER_CYCLE[isa]} and INT8 {INT8_MACS_PER_CYCLE[isa]} MAC/cycle/"
+                                "core at the nominal clock (cpu MHz): 2 vector ports × lanes (INT8: VPDPBUSD)",
+    }
+
+
+def mac_bound_ms(macs: int, *, int8: bool, threads: int, env: dict) -> float:
+    """The time ``macs`` multiply-accumulates take at the CPU's peak rate: a lower limit for a conv net."""
+    isa = "avx512" if "avx512f" in env["simd_flags"] else "avx2"
+    per_cycle = (INT8_MACS_PER_CYCLE if int8 else FP32_MACS_PER_CYCLE)[isa]
+    return macs / (per_cycle * env["cpu_mhz"] * 1e6 * threads) * 1e3
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], *, runs: int, block: int = 5, warmup: int = 10) -> dict[str, list[float]]:
+    """Per-call seconds of each function: warm-up, then blocks of ``block`` calls, taking turns."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(max(1, -(-runs // block))):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            fn = fns[name]
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def throughput_ips(fn: Callable[[], Any], batch: int, seconds: float) -> float:
+    fn()
+    n, start = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - start < seconds:
+        fn()
+        n += 1
+    return n * batch / (time.perf_counter() - start)
+
+
+def ms(times: list[float], q: float) -> float:
+    return float(np.quantile(np.asarray(times), q)) * 1e3
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def md_table(headers: list[str], rows: list[list[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "n/a"
+        if isinstance(v, float):
+            return f"{v:.2f}" if abs(v) < 100 else f"{v:,.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def env_markdown(env: dict) -> str:
+    v = env["versions"]
+    return (f"CPU: {env['cpu']} (family {env['cpu_family']} model {env['cpu_model']}, {env['cpu_mhz']:.0f} MHz "
+            f"nominal), {env['cores']} cores, SIMD {', '.join(env['simd_flags'])}; threads measured "
+            f"{env['threads_measured']}; load average {env['loadavg_start'][0]:.2f} at start, "
+            f"{os.getloadavg()[0]:.2f} at end.  \n"
+            f"Python {env['python']}, torch {v['torch']}, torchvision {v['torchvision']}, onnx {v['onnx']}, "
+            f"onnxruntime {v['onnxruntime']}, torch-pruning {v['torch-pruning']}, numpy {v['numpy']}.  \n"
+            f"MAC bound: {env['mac_bound_assumption']}.")
+
+
+def random_context(size: int, *, train: int = 64, test: int = 8, classes: int = 1000, seed: int = 0,
+                   threads: int = 1, run_dir: Path | None = None):
+    """A compress Context over random uint8 images: enough for Export's parity check, Prune's BN
+    re-estimation and Quantize's calibration when only latency and size matter."""
+    import tempfile
+
+    import torch
+
+    from compress.data import Dataset
+    from compress.measure import MeasureConfig
+    from compress.pipeline import Context
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (train + test, 3, size, size), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, classes, (train + test,), generator=g)
+    data = Dataset(name="random", classes=[str(i) for i in range(classes)], train_x=x[:train], train_y=y[:train],
+                   test_x=x[train:], test_y=y[train:], source="random uint8 images (latency only)")
+    return Context(data=data, run_dir=Path(run_dir or tempfile.mkdtemp(prefix="bench-")), seed=seed, device="cpu",
+                   measure=MeasureConfig(threads=threads), meter=None)
+
+
+def ort_default_int8(fp32_path: Path, out: Path, calib: np.ndarray) -> Path:
+    """ORT's ``quantize_static`` with every option left at its default: the usual copy-paste recipe
+    (QDQ, S8S8, per-tensor, MinMax; no pre-processing)."""
+    import warnings
+
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.i = 0
+
+        def get_next(self):
+            if self.i >= len(calib):
+                return None
+            self.i += 32
+            return {"input": calib[self.i - 32:self.i]}
+
+        def rewind(self) -> None:
+            self.i = 0
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(fp32_path), str(out), Reader())
+    return out
