@@ -79,14 +79,9 @@ def _convert_to_ort(folder: Path) -> str:
 
 
 def _add_web_page(folder: Path) -> str:
-    try:
-        from compress.webpage import add_web_page
-    except ImportError:
-        return "not included"
-    try:
-        add_web_page(folder)
-    except CompressError as e:
-        return f"not included: {e}"
+    from compress.webpage import add_web_page
+
+    add_web_page(folder)
     return "web/index.html (serve the bundle folder and open web/)"
 
 

@@ -16,24 +16,26 @@ STEP_TITLES = {
 
 
 def step_table(report: "RunReport"):
-    """A rich Table of the steps so far, with deltas against the baseline."""
+    """A compact rich Table of the steps so far: values, and ratios against the baseline."""
     from rich.table import Table
 
-    from compress.report import COLUMNS, cell, delta
+    from compress.report import fmt_bytes, fmt_count, fmt_energy
 
-    t = Table(title=f"{report.model} on {report.dataset['name']}", title_justify="left")
-    t.add_column("step")
-    for h, *_ in COLUMNS:
-        t.add_column(h, justify="right")
+    t = Table(title=f"{report.model} on {report.dataset['name']}", title_justify="left", pad_edge=False)
+    for name, justify in [("step", "left"), ("top-1 %", "right"), ("Δ pt", "right"), ("size", "right"),
+                          ("smaller", "right"), ("MACs", "right"), ("p50 / p90 ms", "right"), ("faster", "right"),
+                          ("img/s", "right"), ("energy/inf", "right")]:
+        t.add_column(name, justify=justify, no_wrap=True)
     if not report.steps:
         return t
-    base = report.steps[0]
+    b = report.steps[0].metrics
     for s in report.steps:
-        row = [s.step]
-        for _, key, kind, _ in COLUMNS:
-            d = delta(s, base, key)
-            row.append(cell(s, key, kind) + (f"\n[dim]{d}[/dim]" if d else ""))
-        t.add_row(*row)
+        m = s.metrics
+        t.add_row(s.step, f"{m['top1_pct']:.2f}", f"{m['top1_pct'] - b['top1_pct']:+.2f}", fmt_bytes(m["size_bytes"]),
+                  f"{b['size_bytes'] / m['size_bytes']:.1f}×", fmt_count(m["macs"]),
+                  f"{m['latency_ms_median']:.3f} / {m['latency_ms_p90']:.3f}",
+                  f"{b['latency_ms_median'] / m['latency_ms_median']:.2f}×", f"{m['throughput_ips']:,.0f}",
+                  fmt_energy(m["energy_per_inference_j"]))
     return t
 
 
@@ -64,7 +66,7 @@ class Progress:
             self._bar = Bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                             TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=self._console)
             self._group = Group
-            self._live = Live(self._bar, console=self._console, refresh_per_second=4, transient=False)
+            self._live = Live(self._bar, console=self._console, refresh_per_second=4, transient=True)
             self._live.__enter__()
         return self
 

@@ -188,17 +188,21 @@ def _fashion_mnist_arrays():
             a = [read_idx(p) for p in found]
             return (a[0], a[1]), (a[2], a[3]), f"{root} (Debian package dataset-fashion-mnist)"
     # Not installed from Debian: torchvision's real download code path, cached under ~/.cache/compress/data.
-    root = _data_cache() / "torchvision"
-    try:
-        from torchvision.datasets import FashionMNIST
-
-        tr = FashionMNIST(str(root), train=True, download=True)
-        te = FashionMNIST(str(root), train=False, download=True)
-    except Exception as e:  # network errors come in many types (URLError, RuntimeError, ...)
-        raise CompressError(f"Fashion-MNIST is not installed and the download failed ({type(e).__name__}): "
-                            "run `apt-get install dataset-fashion-mnist` or check the network") from None
+    tr, te, root = _torchvision_download("FashionMNIST", "run `apt-get install dataset-fashion-mnist` or check the network")
     return ((tr.data.numpy(), tr.targets.numpy()), (te.data.numpy(), te.targets.numpy()),
             f"{root} (torchvision download)")
+
+
+def _torchvision_download(cls_name: str, fix: str):
+    """Train and test splits of a torchvision data set, downloaded once into the compress data cache."""
+    import torchvision.datasets
+
+    root = _data_cache() / "torchvision"
+    try:
+        cls = getattr(torchvision.datasets, cls_name)
+        return cls(str(root), train=True, download=True), cls(str(root), train=False, download=True), root
+    except Exception as e:  # network errors come in many types (URLError, RuntimeError, ...)
+        raise CompressError(f"{cls_name} is not in {root} and the download failed ({type(e).__name__}): {fix}") from None
 
 
 def _digits_arrays(seed: int):
@@ -216,15 +220,7 @@ def _digits_arrays(seed: int):
 def _cifar10_arrays():
     import numpy as np
 
-    root = _data_cache() / "torchvision"
-    try:
-        from torchvision.datasets import CIFAR10
-
-        tr = CIFAR10(str(root), train=True, download=True)
-        te = CIFAR10(str(root), train=False, download=True)
-    except Exception as e:  # network errors come in many types (URLError, RuntimeError, ...)
-        raise CompressError(f"CIFAR-10 is not in {root} and the download failed ({type(e).__name__}): "
-                            "check the network, or place cifar-10-python.tar.gz there") from None
+    tr, te, root = _torchvision_download("CIFAR10", "check the network, or place cifar-10-python.tar.gz there")
     return ((tr.data, np.array(tr.targets)), (te.data, np.array(te.targets)), tr.classes,
             f"{root} (torchvision download)")
 

@@ -91,12 +91,12 @@ class Baseline:
     accepts = "none"
     name = "baseline"
 
-    def cache_key(self, ctx: Context) -> str:
+    def cache_key(self, ctx: Context, recipe: Any) -> str:
         import torch
 
         blob = json.dumps({"model": self.model, "weights": self.weights, "data": ctx.data.fingerprint,
                            "classes": ctx.data.classes, "input_size": ctx.data.input_size,
-                           "recipe": dataclasses.asdict(self.recipe), "seed": ctx.seed,
+                           "recipe": dataclasses.asdict(recipe), "seed": ctx.seed,
                            "torch": torch.__version__.split("+")[0]}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -109,8 +109,12 @@ class Baseline:
 
         torch.manual_seed(ctx.seed)  # the random init of the new layers is part of what the seed fixes
         net, init = create_model(self.model, num_classes=len(ctx.data.classes), weights=self.weights)
-        key = self.cache_key(ctx)
-        cached = cache_dir() / "baselines" / f"{key}.pt"
+        recipe = self.recipe
+        if init.startswith("random"):  # nothing pretrained to protect: train everything from the start
+            recipe = dataclasses.replace(recipe, head_epochs=0)
+        else:  # leave at least one epoch for the whole network
+            recipe = dataclasses.replace(recipe, head_epochs=min(recipe.head_epochs, recipe.epochs - 1))
+        cached = cache_dir() / "baselines" / f"{self.cache_key(ctx, recipe)}.pt"
         meta_file = cached.with_suffix(".json")
         if cached.exists() and meta_file.exists():
             ckpt.load_state_dict(cached, net)
@@ -118,24 +122,24 @@ class Baseline:
             ctx.note(self.name, init=meta.get("init", init), cache=str(cached), cache_hit=True,
                      original_training=meta.get("work"))
             return net.eval()
-        recipe = self.recipe
-        if self.weights == "none" or init.startswith("random"):
-            recipe = dataclasses.replace(recipe, head_epochs=0)
         trained = fit(net, ctx.data, recipe, seed=ctx.seed, device=ctx.device, on_epoch=ctx.epoch_done,
                       on_batch=ctx.batch_done, checkpoint=ctx.checkpoint(self.name))
         ckpt.save(ckpt.model_record(trained), cached)
-        meta_file.write_text(json.dumps({"init": init, "model": self.model, "recipe": dataclasses.asdict(recipe),
-                                         "data": ctx.data.summary()}, indent=1))
+        meta = {"init": init, "model": self.model, "recipe": dataclasses.asdict(recipe), "data": ctx.data.summary()}
+        ckpt.atomic_write(meta_file, lambda p: p.write_text(json.dumps(meta, indent=1)))
         ctx.note(self.name, init=init, cache=str(cached), cache_hit=False)
         return trained
 
     def remember_work(self, ctx: Context, work: dict) -> None:
         """Store the training's time and CO2 beside the cached weights, so later runs can report it."""
-        meta_file = cache_dir() / "baselines" / f"{self.cache_key(ctx)}.json"
-        if meta_file.exists() and not ctx.notes.get(self.name, {}).get("cache_hit"):
+        notes = ctx.notes.get(self.name, {})
+        meta_file = Path(notes.get("cache", "")).with_suffix(".json")
+        if notes.get("cache") and meta_file.exists() and not notes.get("cache_hit"):
+            from compress.checkpoint import atomic_write
+
             meta = json.loads(meta_file.read_text())
             meta["work"] = work
-            meta_file.write_text(json.dumps(meta, indent=1))
+            atomic_write(meta_file, lambda p: p.write_text(json.dumps(meta, indent=1)))
 
 
 def cache_dir() -> Path:
@@ -189,6 +193,10 @@ def run(cfg: "RunConfig", run_dir: Path, *, progress: Any = None) -> "RunReport"
     chain = stages(cfg)
     check_chain(chain)
     device = resolve_device(cfg.device)
+    if cfg.web:
+        from compress.webpage import web_sources
+
+        web_sources()  # fail now, not after training, if the page's npm packages are missing
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     done = _completed_steps(run_dir, cfg, chain)

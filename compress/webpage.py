@@ -37,6 +37,18 @@ def add_web_page(edge_dir: pathlib.Path) -> list[str]:
     # model.onnx, not manifest.json: the bundle step adds the page before it writes the manifest that lists it.
     if not (edge_dir / "model.onnx").is_file():
         raise CompressError(f"{edge_dir} is not an edge bundle (it has no model.onnx): pass the edge/ folder of a run")
+    sources = web_sources()
+    for relative, source in sources.items():
+        target = edge_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    return list(sources)
+
+
+def web_sources() -> dict[str, pathlib.Path]:
+    """Bundle-relative name → source file of everything the page needs; a clear error if any is missing.
+
+    The pipeline calls this before any work when ``--web`` is asked for."""
     missing_page = [name for name in PAGE_FILES if not (WEB_SOURCE_DIR / name).is_file()]
     if missing_page:
         raise CompressError(f"the web page is incomplete: {', '.join(missing_page)} missing from {WEB_SOURCE_DIR}")
@@ -50,8 +62,4 @@ def add_web_page(edge_dir: pathlib.Path) -> list[str]:
 
     sources = {f"web/{name}": WEB_SOURCE_DIR / name for name in PAGE_FILES}
     sources |= {f"web/ort/{target}": ort_dist / name for name, target in ORT_FILES.items()}
-    for relative, source in sources.items():
-        target = edge_dir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-    return list(sources)
+    return sources

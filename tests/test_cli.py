@@ -85,3 +85,34 @@ def test_help_answers_without_heavy_imports():
             "print(sorted(m for m in ('torch', 'onnxruntime', 'torch_pruning', 'codecarbon') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.slow
+def test_efficientnet_on_a_folder_of_photos(tmp_path):
+    """The real-world case: a user's image folder (train/ and val/), EfficientNet (SE + residuals), all stages."""
+    import numpy as np
+    from PIL import Image
+
+    from compress.data import FASHION_MNIST_DEBIAN, FASHION_MNIST_LABELS, read_idx
+
+    images = read_idx(FASHION_MNIST_DEBIAN / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(FASHION_MNIST_DEBIAN / "t10k-labels-idx1-ubyte.gz")
+    for split, lo, hi in (("train", 0, 30), ("val", 30, 40)):
+        for c in (0, 1, 7):  # T-shirt, Trouser, Sneaker: three distinct classes
+            d = tmp_path / "photos" / split / FASHION_MNIST_LABELS[c].replace("/", "_")
+            d.mkdir(parents=True)
+            for i in np.flatnonzero(labels == c)[lo:hi]:
+                Image.fromarray(images[i]).save(d / f"{i}.png")
+    out = tmp_path / "run"
+
+    rc = main(["run", "efficientnet_b0", "--prune", "0.3", "--data", str(tmp_path / "photos"), "--epochs", "2",
+               "--finetune-epochs", "1", "--int8", "--out", str(out), "--quiet"])
+
+    assert rc == 0
+    report = RunReport.load(out)
+    assert report.dataset["train_images"] == 90 and report.dataset["test_images"] == 30
+    assert report.dataset["class_names"] == ["Sneaker", "T-shirt_top", "Trouser"]
+    prune = report.step("prune")
+    assert prune.metrics["params"] < 0.7 * report.steps[0].metrics["params"]
+    assert report.step("export").notes["parity_max_abs_diff"] <= 1e-3
+    assert (out / "edge" / "model.onnx").is_file()

@@ -70,3 +70,16 @@ def test_bad_image_folders_give_one_clear_error(tmp_path, setup, message):
 def test_input_size_too_small_is_refused():
     with pytest.raises(CompressError, match="too small"):
         load_dataset("digits", input_size=8)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "fashion-mnist"])
+def test_unreachable_download_gives_a_clear_message(name, tmp_path, monkeypatch):
+    """The real torchvision download path, pointed at a closed local proxy so it fails at once."""
+    import compress.data
+
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path))
+    monkeypatch.setattr(compress.data, "FASHION_MNIST_DEBIAN", tmp_path / "not-installed")
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    with pytest.raises(CompressError, match="download failed .*(check the network|apt-get install)"):
+        load_dataset(name, input_size=32)
