@@ -21,8 +21,9 @@ FORMAT = "compress-edge/1"
 REQUIRED = ("model.onnx", "labels.json", "preprocess.json", "manifest.json")
 
 
-def write_bundle(model: Any, ctx: "Context", report: "RunReport", edge_dir: Path, *, web: bool = False) -> Path:
-    """Write ``edge_dir`` from the final ONNX model and the run's report."""
+def write_bundle(model: Any, ctx: "Context", report: "RunReport", edge_dir: Path, *, web: bool = False,
+                 step: str | None = None) -> Path:
+    """Write ``edge_dir`` from an ONNX step's model (default: the last step) and the run's report."""
     from compress.export import OnnxModel
     from compress.pipeline import sha256_file
 
@@ -32,7 +33,8 @@ def write_bundle(model: Any, ctx: "Context", report: "RunReport", edge_dir: Path
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     shutil.copyfile(model.path, tmp / "model.onnx")
-    quantized = report.steps[-1].step == "quantize"
+    chosen = report.step(step) if step else report.steps[-1]
+    quantized = chosen.step == "quantize"
     if quantized:
         shutil.copyfile(ctx.run_dir / report.step("export").artifact, tmp / "model_fp32.onnx")
     (tmp / "labels.json").write_text(json.dumps(ctx.data.classes, indent=1))
@@ -45,7 +47,7 @@ def write_bundle(model: Any, ctx: "Context", report: "RunReport", edge_dir: Path
     manifest = {
         "format": FORMAT, "model": report.model, "dataset": ctx.data.name, "num_classes": len(ctx.data.classes),
         "precision": "int8" if quantized else "fp32", "opset": opset, "files": files,
-        "metrics": report.steps[-1].metrics, "versions": report.environment["versions"],
+        "step": chosen.step, "metrics": chosen.metrics, "versions": report.environment["versions"],
         "created_utc": report.created_utc, "ort_format": ort_note, "web_page": web_note,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--power-watts", type=float, help="measured device power; energy = watts × time")
     r.add_argument("--web", action="store_true", default=None,
                    help="also bundle the browser/phone page (edge/web/, needs `npm ci --prefix edge_demo/web`)")
+    r.add_argument("--max-drop", type=float, metavar="POINTS", help="accuracy budget: deploy the most compressed "
+                   "step within this many top-1 points of the baseline")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last "
                    "finished step (re-running into the same folder does this too)")
     r.add_argument("--force", action="store_true", help="replace a finished run in --out")
@@ -86,7 +88,8 @@ def overrides_from_args(a: argparse.Namespace) -> dict:
     """Only the flags the user gave; they win over the YAML and the defaults."""
     o: dict = {}
     simple = {"model": "model", "data": "data", "weights": "weights", "input_size": "input_size", "seed": "seed",
-              "device": "device", "country": "country", "power_watts": "power_watts", "int8": "int8", "web": "web"}
+              "device": "device", "country": "country", "power_watts": "power_watts", "int8": "int8", "web": "web",
+              "max_drop": "max_drop"}
     for attr, key in simple.items():
         v = getattr(a, attr)
         if v is not None:

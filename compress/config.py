@@ -41,6 +41,7 @@ class RunConfig:
     country: str = "USA"  # ISO 3166 alpha-3, for codecarbon's carbon intensity; never geolocated
     power_watts: float | None = None  # a measured device power figure; energy = watts × time
     int8: bool = False
+    max_drop: float | None = None  # accuracy budget (top-1 points): deploy the most compressed step inside it
     web: bool = False  # also put the phone/browser page (onnxruntime-web, ~15 MB) into edge/web/
     train: Recipe = field(default_factory=Recipe)
     prune: Prune = field(default_factory=lambda: Prune(ratio=0.0))
@@ -64,6 +65,8 @@ class RunConfig:
                 raise CompressError(f"{name} must be at least 1 (or null for all), got {v}")
         if not 0 < self.val_fraction < 1:
             raise CompressError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise CompressError(f"max_drop must not be negative, got {self.max_drop}")
         if self.power_watts is not None and not self.power_watts > 0:
             raise CompressError(f"power_watts must be positive, got {self.power_watts}")
         if len(self.country) != 3 or not self.country.isalpha():

@@ -186,6 +186,7 @@ def run(cfg: "RunConfig", run_dir: Path, *, progress: Any = None) -> "RunReport"
     from compress.console import library_output_to
     from compress.data import load_dataset
     from compress.energy import EnergyMeter
+    from compress.export import OnnxModel
     from compress.report import RunReport, environment, write_reports
     from compress.train import resolve_device
 
@@ -216,11 +217,33 @@ def run(cfg: "RunConfig", run_dir: Path, *, progress: Any = None) -> "RunReport"
             for stage in chain[len(done):]:
                 model = _step(stage, model, ctx, report)
                 atomic_write(run_dir / PROGRESS, lambda p: p.write_text(report.to_json()))
-            write_bundle(model, ctx, report, run_dir / "edge", web=cfg.web)
+            chosen = _within_budget(report, cfg.max_drop, ctx)
+            write_bundle(OnnxModel(run_dir / chosen.artifact), ctx, report, run_dir / "edge", web=cfg.web,
+                         step=chosen.step)
     report.finish()
     write_reports(report, run_dir)
     (run_dir / PROGRESS).unlink(missing_ok=True)
     return report
+
+
+def _within_budget(report: "RunReport", max_drop: float | None, ctx: Context) -> Any:
+    """The ONNX step to deploy: the most compressed one whose top-1 is within ``max_drop`` points of the
+    baseline (all compression steps count together); without a budget, the last step."""
+    onnx_steps = [s for s in report.steps if s.kind == "onnx"]
+    if max_drop is None:
+        return onnx_steps[-1]
+    base = report.steps[0].metrics["top1_pct"]
+    inside = [s for s in onnx_steps if base - s.metrics["top1_pct"] <= max_drop]
+    if inside:
+        chosen = min(inside, key=lambda s: s.metrics["size_bytes"])
+    else:
+        chosen = max(onnx_steps, key=lambda s: s.metrics["top1_pct"])
+        ctx.warn(chosen.step, f"no variant stays within --max-drop {max_drop:g} pt of the baseline's "
+                              f"{base:.2f}%; the bundle holds the most accurate one ({chosen.step}, "
+                              f"{chosen.metrics['top1_pct']:.2f}%); try a lower --prune or more --finetune-epochs")
+    ctx.note(chosen.step, deployed=True, max_drop_pt=max_drop)
+    chosen.notes = ctx.notes[chosen.step]
+    return chosen
 
 
 PROGRESS = "progress.json"  # the finished steps of an unfinished run; removed when report.json is written

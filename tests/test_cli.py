@@ -116,3 +116,25 @@ def test_efficientnet_on_a_folder_of_photos(tmp_path):
     assert prune.metrics["params"] < 0.7 * report.steps[0].metrics["params"]
     assert report.step("export").notes["parity_max_abs_diff"] <= 1e-3
     assert (out / "edge" / "model.onnx").is_file()
+
+
+def test_accuracy_budget_deploys_the_most_compressed_step_inside_it(smoke_run, tmp_path):
+    from tests.conftest import SMOKE
+
+    report = RunReport.load(smoke_run)
+    base = report.steps[0].metrics["top1_pct"]
+    drops = {s.step: base - s.metrics["top1_pct"] for s in report.steps if s.kind == "onnx"}
+    budget = max(drops.values()) + 0.01  # everything fits: the smallest (INT8) file is deployed
+    out = tmp_path / "budget"
+    assert main(["run", "--config", str(SMOKE), "--out", str(out), "--quiet", "--max-drop", str(budget)]) == 0
+    manifest = json.loads((out / "edge" / "manifest.json").read_text())
+    assert manifest["step"] == "quantize" and manifest["precision"] == "int8"
+
+    out2 = tmp_path / "tight"  # nothing fits: the most accurate ONNX step is deployed, with a warning
+    assert main(["run", "--config", str(SMOKE), "--out", str(out2), "--quiet", "--max-drop", "0", "--prune", "0.7"]) == 0
+    r2 = RunReport.load(out2)
+    m2 = json.loads((out2 / "edge" / "manifest.json").read_text())
+    best = max((s for s in r2.steps if s.kind == "onnx"), key=lambda s: s.metrics["top1_pct"])
+    assert m2["step"] == best.step and r2.step(best.step).notes["deployed"] is True
+    if best.metrics["top1_pct"] < r2.steps[0].metrics["top1_pct"]:
+        assert any("max-drop" in w for w in r2.step(best.step).notes.get("warnings", []))
