@@ -45,7 +45,8 @@ class Finetune:
 
     def recipe(self) -> Recipe:
         return Recipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, schedule=self.schedule,
-                      weight_decay=self.weight_decay, label_smoothing=self.label_smoothing)
+                      weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
+                      head_epochs=0)  # recovery trains the whole network from the first step
 
     def __call__(self, model: "nn.Module", ctx: "Context") -> "nn.Module":
         self.check()
