@@ -80,14 +80,21 @@ def mac_bound_ms(macs: int, *, int8: bool, threads: int, env: dict) -> float:
     return macs / (per_cycle * env["cpu_mhz"] * 1e6 * threads) * 1e3
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], *, runs: int, block: int = 5, warmup: int = 10) -> dict[str, list[float]]:
-    """Per-call seconds of each function: warm-up, then blocks of ``block`` calls, taking turns."""
+def interleaved(fns: dict[str, Callable[[], Any]], *, runs: int, block: int = 5, warmup: int = 10,
+                max_seconds: float | None = None) -> dict[str, list[float]]:
+    """Per-call seconds of each function: warm-up, then blocks of ``block`` calls, taking turns.
+
+    With ``max_seconds``, stops early once that much time has passed and every function has at least 20 calls
+    (multi-threaded runs on a loaded machine can take seconds each)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
+    start = time.perf_counter()
     for r in range(max(1, -(-runs // block))):
+        if max_seconds is not None and r * block >= 20 and time.perf_counter() - start > max_seconds:
+            break
         for name in (names if r % 2 == 0 else names[::-1]):
             fn = fns[name]
             for _ in range(block):
@@ -136,7 +143,11 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def env_markdown(env: dict) -> str:
     v = env["versions"]
-    return (f"CPU: {env['cpu']} (family {env['cpu_family']} model {env['cpu_model']}, {env['cpu_mhz']:.0f} MHz "
+    busy = max(env["loadavg_start"][0], os.getloadavg()[0]) > (env["cores"] or 1) - 0.5
+    return ((f"**Load warning:** the load average ({max(env['loadavg_start'][0], os.getloadavg()[0]):.1f}) was at "
+             f"or above the {env['cores']} cores: other processes shared the CPU, so multi-thread numbers mostly "
+             "measure waiting for descheduled threads; 1-thread ratios stay meaningful (interleaved).  \n"
+             if busy else "") +f"CPU: {env['cpu']} (family {env['cpu_family']} model {env['cpu_model']}, {env['cpu_mhz']:.0f} MHz "
             f"nominal), {env['cores']} cores, SIMD {', '.join(env['simd_flags'])}; threads measured "
             f"{env['threads_measured']}; load average {env['loadavg_start'][0]:.2f} at start, "
             f"{os.getloadavg()[0]:.2f} at end.  \n"

@@ -14,7 +14,7 @@ Per model (ImageNet shapes: 224×224, 1000 classes, random weights: only speed a
 Latency at batch 1 with 1 thread and with all cores (median, p90), throughput at batch 32 with all cores,
 all interleaved. Writes benchmarks/results/compare_recipes[_quick].{csv,md,json}.
 
-    python benchmarks/compare_recipes.py            # 4 models, ~8 min on 2 cores
+    python benchmarks/compare_recipes.py            # 4 models, ~10 min on 2 cores
     python benchmarks/compare_recipes.py --quick    # mobilenet_v3_small only, ~1 min
 """
 
@@ -114,7 +114,7 @@ def runner(v: dict, threads: int):
 
 
 def measure(variants: dict[str, dict], *, size: int, runs: int, tput_seconds: float, all_threads: int,
-            env: dict) -> dict[str, dict]:
+            env: dict, max_seconds: float) -> dict[str, dict]:
     import numpy as np
     import torch
 
@@ -136,7 +136,7 @@ def measure(variants: dict[str, dict], *, size: int, runs: int, tput_seconds: fl
             rows[k] = {"size_bytes": Path(v["model"]).stat().st_size, "params": params, "macs": macs}
     for threads in sorted({1, all_threads}):
         fns = {k: runner(v, threads) for k, v in variants.items()}
-        times = interleaved({k: (lambda f=f: f(x1)) for k, f in fns.items()}, runs=runs)
+        times = interleaved({k: (lambda f=f: f(x1)) for k, f in fns.items()}, runs=runs, max_seconds=max_seconds)
         for k, t in times.items():
             rows[k][f"latency_ms_median_{threads}t"] = ms(t, 0.5)
             rows[k][f"latency_ms_p90_{threads}t"] = ms(t, 0.9)
@@ -187,13 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="mobilenet_v3_small only, fewer runs (~1 min)")
     p.add_argument("--models", nargs="+", choices=MODELS, help=f"default: all of {', '.join(MODELS)}")
-    p.add_argument("--runs", type=int, help="batch-1 runs per variant and thread count (default 200; quick 40)")
+    p.add_argument("--runs", type=int, help="batch-1 runs per variant and thread count (default 100; quick 30); "
+                   "stops after 60 s (quick 15 s) per model and thread count once each variant has 20")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--calibration-size", type=int, help="random calibration images (default 64; quick 16)")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
+    from compress.console import library_output_to
+
     models = a.models or (MODELS[:1] if a.quick else MODELS)
-    runs = a.runs or (40 if a.quick else 200)
+    runs = a.runs or (30 if a.quick else 100)
     calib = a.calibration_size or (16 if a.quick else 64)
     all_threads = os.cpu_count() or 1
     env = environment(sorted({1, all_threads}))
@@ -204,10 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="compare-recipes-") as tmp:
         for name in models:
             log(f"{name}: building variants")
-            variants = build(name, Path(tmp) / name, size=a.size, calib=calib, log=log)
+            (Path(tmp) / name).mkdir()
+            with library_output_to(Path(tmp) / name / "log.txt"):  # quantizer and exporter chatter
+                variants = build(name, Path(tmp) / name, size=a.size, calib=calib, log=log)
             log(f"{name}: measuring {len(variants)} variants, {runs} runs each at 1 and {all_threads} threads")
-            r = measure(variants, size=a.size, runs=runs, tput_seconds=2.0 if not a.quick else 0.8,
-                        all_threads=all_threads, env=env)
+            r = measure(variants, size=a.size, runs=runs, tput_seconds=1.0 if not a.quick else 0.5,
+                        all_threads=all_threads, env=env, max_seconds=60.0 if not a.quick else 15.0)
             for k, v in r.items():
                 notes = variants[k].get("notes", {})
                 rows.append({"model": name, "variant": k, "description": VARIANTS[k], **v,
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     env["seconds"] = round(time.perf_counter() - start)
     md = [f"# compare_recipes{suffix}: {a.size}×{a.size}, batch 1, random weights\n",
           f"Speed-up ratios (higher is better; > 1 means the second is slower). Targets in brackets. "
-          f"Medians of {runs} interleaved batch-1 runs per variant.\n",
+          f"Medians of up to {runs} interleaved batch-1 runs per variant (at least 20).\n",
           "## 1 thread\n", md_table(headers, table), "",
           f"## {all_threads} threads\n", md_table(headers, table_n), "",
           "## Absolute numbers (move with the machine's load; compare within a model)\n",

@@ -1,7 +1,7 @@
 """Run every benchmark, one after another, each in its own process; results land in benchmarks/results/.
 
-    python benchmarks/run_all.py            # ≤30 min on 2 cores (the default job's baseline trains once, ~14 min)
-    python benchmarks/run_all.py --quick    # ~5 min: every script, small settings
+    python benchmarks/run_all.py            # ~25 min on 2 cores with the default job's baseline cached (+~25 min if not)
+    python benchmarks/run_all.py --quick    # ~3 min: every script, small settings
     python benchmarks/run_all.py --main-run runs/my-run   # reuse a finished default-job run for accuracy.py
 """
 
@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small settings for every script (~5 min)")
+    p.add_argument("--quick", action="store_true", help="small settings for every script (~3 min)")
     p.add_argument("--main-run", type=Path, help="a finished default-job run folder for accuracy.py (skips training)")
     p.add_argument("--finetune-epochs", type=int, help="sweep.py's recovery epochs per prune ratio (default 2)")
     a = p.parse_args(argv)

@@ -34,7 +34,7 @@ def write_bundle(model: Any, ctx: "Context", report: "RunReport", edge_dir: Path
     tmp.mkdir(parents=True)
     shutil.copyfile(model.path, tmp / "model.onnx")
     chosen = report.step(step) if step else report.steps[-1]
-    quantized = chosen.step == "quantize"
+    quantized = chosen.step == "quantize" and not chosen.notes.get("fallback")
     if quantized:
         shutil.copyfile(ctx.run_dir / report.step("export").artifact, tmp / "model_fp32.onnx")
     (tmp / "labels.json").write_text(json.dumps(ctx.data.classes, indent=1))

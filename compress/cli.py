@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--power-watts", type=float, help="measured device power; energy = watts × time")
     r.add_argument("--web", action="store_true", default=None,
                    help="also bundle the browser/phone page (edge/web/, needs `npm ci --prefix edge_demo/web`)")
+    r.add_argument("--if-int8-slower", choices=["warn", "fallback"], help="when INT8 runs slower than FP32 on "
+                   "this CPU: keep it and warn (default), or deploy the FP32 model")
     r.add_argument("--max-drop", type=float, metavar="POINTS", help="accuracy budget: deploy the most compressed "
                    "step within this many top-1 points of the baseline")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last "
@@ -97,7 +99,8 @@ def overrides_from_args(a: argparse.Namespace) -> dict:
     nested = {("prune", "ratio"): a.prune, ("prune", "importance"): a.importance, ("prune", "steps"): a.prune_steps,
               ("train", "epochs"): a.epochs, ("finetune", "epochs"): a.finetune_epochs,
               ("edge_friendly", "enabled"): a.edge_friendly, ("edge_friendly", "remove_se"): a.remove_se,
-              ("measure", "threads"): a.threads, ("quantize", "calibration"): a.calibration}
+              ("measure", "threads"): a.threads, ("quantize", "calibration"): a.calibration,
+              ("quantize", "if_slower"): a.if_int8_slower}
     for (section, key), v in nested.items():
         if v is not None:
             o.setdefault(section, {})[key] = v
