@@ -21,7 +21,7 @@ class Finetune:
     >>> recovered = Finetune(epochs=4)(pruned, ctx)  # doctest: +SKIP
     """
 
-    epochs: int = 6
+    epochs: int = 12
     lr: float = 0.1  # peak of the one-cycle schedule; a quarter of the baseline's, the weights are already good
     batch_size: int = 256
     schedule: str = "onecycle"
