@@ -182,22 +182,11 @@ def ort_default_int8(fp32_path: Path, out: Path, calib: np.ndarray) -> Path:
     (QDQ, S8S8, per-tensor, MinMax; no pre-processing)."""
     import warnings
 
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+    from onnxruntime.quantization import quantize_static
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.i = 0
-
-        def get_next(self):
-            if self.i >= len(calib):
-                return None
-            self.i += 32
-            return {"input": calib[self.i - 32:self.i]}
-
-        def rewind(self) -> None:
-            self.i = 0
+    from compress.quantize import calibration_reader
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_static(str(fp32_path), str(out), Reader())
+        quantize_static(str(fp32_path), str(out), calibration_reader(calib))
     return out

@@ -62,6 +62,26 @@ _CHANNELWISE = {"Relu", "Clip", "HardSigmoid", "Sigmoid", "HardSwish", "Mul", "A
                 "Identity", "LeakyRelu", "Tanh"}
 
 
+def calibration_reader(images: "np.ndarray", batch_size: int = 32):
+    """An ORT ``CalibrationDataReader`` over normalised images, ``batch_size`` at a time."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.i = 0
+
+        def get_next(self):
+            if self.i >= len(images):
+                return None
+            self.i += batch_size
+            return {"input": images[self.i - batch_size:self.i]}
+
+        def rewind(self) -> None:
+            self.i = 0
+
+    return Reader()
+
+
 def cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
@@ -127,7 +147,7 @@ class Quantize:
     def __call__(self, model: OnnxModel, ctx: "Context") -> OnnxModel:
         import numpy as np
         import onnx
-        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+        from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                               quantize_static)
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -143,20 +163,6 @@ class Quantize:
         idx = np.sort(gen.permutation(n)[:min(self.calibration_size, n)])
         calib = normalize(ctx.data.train_x[idx]).numpy()
 
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.i = 0
-
-            def get_next(self):
-                if self.i >= len(calib):
-                    return None
-                batch = {"input": calib[self.i:self.i + 32]}
-                self.i += 32
-                return batch
-
-            def rewind(self) -> None:
-                self.i = 0
-
         act, reduce_range, why = choose_activation_type(self.activation_type)
         path = ctx.artifact(self.name, "model.onnx")
         pre = ctx.artifact(self.name, "preprocessed.onnx")
@@ -169,7 +175,7 @@ class Quantize:
                 if self.kernel_rewrites:
                     rewrites["depthwise_convs_padded"] = _pad_depthwise_file(pre, calib[:8], ctx.threads)
                 quantize_static(
-                    str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
+                    str(pre), str(tmp), calibration_reader(calib), quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
                     reduce_range=reduce_range,
                     activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8,
