@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,7 +225,9 @@ def _cifar10_arrays():
 
 
 def _data_cache() -> Path:
-    return Path(os.environ.get("COMPRESS_CACHE", Path.home() / ".cache" / "compress")) / "data"
+    from compress.pipeline import cache_dir
+
+    return cache_dir() / "data"
 
 
 def _image_folder(path: Path, *, input_size: int, seed: int, val_fraction: float,

@@ -3,7 +3,6 @@ traceback and no partial artifact. Each case runs the real CLI in a fresh interp
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import shutil

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from compress.edge_friendly import EdgeFriendly
 from compress.errors import CompressError
-from compress.export import Export, OnnxModel, run_onnx, session
+from compress.export import Export, run_onnx, session
 from compress.measure import onnx_params_macs, torch_macs
 from compress.models import create_model
 from compress.pipeline import Baseline, check_chain, stages
