@@ -27,7 +27,9 @@ def test_run_writes_a_complete_run_folder(smoke_run):
     for s in report.steps:
         for key in METRICS:
             assert key in s.metrics and (s.metrics[key] is not None or key == "energy_per_inference_j"), (s.step, key)
-        assert s.metrics["top1_pct"] > 10.0  # above chance on 10 classes
+        # Above chance (10 classes) for every step but prune: right after pruning, before recovery,
+        # accuracy can fall to chance or below; that is what the fine-tune step is for.
+        assert 0.0 <= s.metrics["top1_pct"] <= 100.0 and (s.step == "prune" or s.metrics["top1_pct"] > 10.0)
         assert s.work["seconds"] >= 0 and "energy_method" in s.work
     base, prune, final = report.steps[0], report.steps[1], report.steps[-1]
     assert prune.metrics["params"] < 0.4 * base.metrics["params"]  # achieved pruning shows in the counts
