@@ -115,11 +115,11 @@ def choose_activation_type(requested: str = "auto") -> tuple[str, bool, str]:
 class Quantize:
     """Static INT8 quantization of an ONNX model.
 
-    >>> int8 = Quantize(calibration="minmax", calibration_size=512)(fp32_onnx, ctx)  # doctest: +SKIP
+    >>> int8 = Quantize(calibration="minmax", calibration_size=2048)(fp32_onnx, ctx)  # doctest: +SKIP
     """
 
     calibration: str = "minmax"  # minmax | entropy | percentile (ORT CalibrationMethod)
-    calibration_size: int = 512  # training images used to calibrate activation ranges
+    calibration_size: int = 2048  # training images used to calibrate activation ranges
     per_channel: bool = True  # one scale per output channel: depthwise convs need it
     activation_type: str = "auto"  # auto | uint8 | int8 (see module docstring)
     kernel_rewrites: bool = True  # exact graph rewrites that keep ORT on its fast INT8 kernels (module docstring)
