@@ -53,7 +53,6 @@ class Progress:
         self._task_name = None
         self._report = None
         self._step = ""
-        self._last_plain = 0.0
 
     # -- lifecycle
     def __enter__(self) -> "Progress":

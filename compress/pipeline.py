@@ -315,7 +315,7 @@ def _step(stage: Any, model: Any, ctx: Context, report: "RunReport") -> Any:
         progress.step_measuring(stage.name)
     m = measure(model, ctx, step=stage.name)
     step = StepReport(
-        step=stage.name, kind="onnx" if isinstance(model, OnnxModel) else "torch", stage=_stage_dict(stage),
+        step=stage.name, kind="onnx" if isinstance(model, OnnxModel) else "torch", stage=dataclasses.asdict(stage),
         artifact=str(artifact.relative_to(ctx.run_dir)), artifact_sha256=sha256_file(artifact),
         metrics=dataclasses.asdict(m.metrics), confusion=m.confusion,
         work=work_record, notes=ctx.notes.get(stage.name, {}),
@@ -325,12 +325,6 @@ def _step(stage: Any, model: Any, ctx: Context, report: "RunReport") -> Any:
         progress.step_done(step, report)
     return model
 
-
-def _stage_dict(stage: Any) -> dict:
-    d = dataclasses.asdict(stage)
-    if "recipe" in d:
-        d["recipe"] = dataclasses.asdict(stage.recipe) if dataclasses.is_dataclass(stage.recipe) else d["recipe"]
-    return d
 
 
 def _save_artifact(model: Any, ctx: Context, step: str) -> Path:

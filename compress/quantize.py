@@ -462,6 +462,16 @@ def pad_depthwise_channels(model: "onnx.ModelProto", multiple: int = 16) -> int:
     def scalar(name: str) -> bool:
         return name in inits and int(np.prod(inits[name].dims)) == 1
 
+    def follow_inputs(n, queue: list) -> bool:
+        """Queue a channel-wise op's tensor inputs; its constant inputs must be scalars to stay valid."""
+        ok = True
+        for i in n.input:
+            if i in inits:
+                ok = ok and scalar(i)
+            else:
+                queue.append(i)
+        return ok
+
     widened, seen = 0, set()
     for dw in [n for n in g.node if depthwise(n)]:
         channels = _attr(dw, "group", 1)
@@ -486,11 +496,7 @@ def pad_depthwise_channels(model: "onnx.ModelProto", multiple: int = 16) -> int:
             elif dense(p) and wshape(p)[0] == channels:
                 pad_out[id(p)] = p
             elif p.op_type in _CHANNELWISE:
-                for i in p.input:
-                    if i in inits:
-                        ok = ok and scalar(i)
-                    else:
-                        queue.append(i)
+                ok = follow_inputs(p, queue) and ok
             else:
                 ok = False
             for c in consumers.get(t, []):
@@ -501,11 +507,7 @@ def pad_depthwise_channels(model: "onnx.ModelProto", multiple: int = 16) -> int:
                     pad_in[id(c)] = c
                 elif c.op_type in _CHANNELWISE:
                     queue.extend(c.output)
-                    for i in c.input:
-                        if i in inits:
-                            ok = ok and scalar(i)
-                        else:
-                            queue.append(i)
+                    ok = follow_inputs(c, queue) and ok
                 else:
                     ok = False
         if not ok:
