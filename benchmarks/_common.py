@@ -2,7 +2,8 @@
 
 Every comparison runs its alternatives in one process, interleaved in short blocks with the order reversed
 every other block, so load from other processes falls on all of them alike. Ratios are what to read;
-absolute times move with the machine's load (the environment records the load average before and after).
+absolute times move with the machine's load (the environment records how much of the CPU other processes
+took during the run, from /proc/stat minus this process's own CPU time).
 """
 
 from __future__ import annotations
@@ -48,6 +49,30 @@ def vector_isa(flags: set[str]) -> str:
     return "avx512" if "avx512f" in flags else "avx2"
 
 
+def _cpu_busy_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux ``/proc/stat``), or None elsewhere."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def others_cpu_share(env: dict) -> float | None:
+    """The fraction of the machine's CPU capacity that *other* processes used since ``environment()``."""
+    busy = _cpu_busy_seconds()
+    if busy is None or env.get("cpu_busy_start") is None:
+        return None
+    wall = time.monotonic() - env["wall_start"]
+    others = (busy - env["cpu_busy_start"]) - (_own_cpu_seconds() - env["own_cpu_start"])
+    return max(0.0, others) / max(1e-9, wall * (env["cores"] or 1))
+
+
 def environment(threads: list[int]) -> dict[str, Any]:
     """CPU (model, family, nominal MHz, SIMD flags), cores, threads used, load, library versions."""
     info = cpuinfo()
@@ -67,7 +92,8 @@ def environment(threads: list[int]) -> dict[str, Any]:
         "cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "threads_measured": threads, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "loadavg_start": os.getloadavg(), "python": platform.python_version(), "machine": platform.machine(),
-        "versions": versions,
+        "versions": versions, "cpu_busy_start": _cpu_busy_seconds(), "own_cpu_start": _own_cpu_seconds(),
+        "wall_start": time.monotonic(),
         "mac_bound_assumption": f"{isa}: FP32 {FP32_MACS_PER_CYCLE[isa]} and INT8 {INT8_MACS_PER_CYCLE[isa]} MAC/cycle/"
                                 "core at the nominal clock (cpu MHz): 2 vector ports × lanes (INT8: VPDPBUSD)",
     }
@@ -143,13 +169,18 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def env_markdown(env: dict) -> str:
     v = env["versions"]
-    busy = max(env["loadavg_start"][0], os.getloadavg()[0]) > (env["cores"] or 1) - 0.5
-    return ((f"**Load warning:** the load average ({max(env['loadavg_start'][0], os.getloadavg()[0]):.1f}) was at "
-             f"or above the {env['cores']} cores: other processes shared the CPU, so multi-thread numbers mostly "
-             "measure waiting for descheduled threads; 1-thread ratios stay meaningful (interleaved).  \n"
-             if busy else "") +f"CPU: {env['cpu']} (family {env['cpu_family']} model {env['cpu_model']}, {env['cpu_mhz']:.0f} MHz "
+    share = env["others_cpu_share"] if "others_cpu_share" in env else others_cpu_share(env)
+    if share is None:
+        load = "other processes' CPU use not measurable here (no /proc/stat)"
+    elif share > 0.25:
+        load = (f"**Load warning:** other processes used {share:.0%} of the {env['cores']} cores during this run, "
+                "so multi-thread numbers partly measure waiting for descheduled threads; 1-thread ratios stay "
+                "meaningful (interleaved)")
+    else:
+        load = f"other processes used {share:.0%} of the {env['cores']} cores during this run"
+    return (f"CPU: {env['cpu']} (family {env['cpu_family']} model {env['cpu_model']}, {env['cpu_mhz']:.0f} MHz "
             f"nominal), {env['cores']} cores, SIMD {', '.join(env['simd_flags'])}; threads measured "
-            f"{env['threads_measured']}; load average {env['loadavg_start'][0]:.2f} at start, "
+            f"{env['threads_measured']}; {load}; load average {env['loadavg_start'][0]:.2f} at start, "
             f"{os.getloadavg()[0]:.2f} at end.  \n"
             f"Python {env['python']}, torch {v['torch']}, torchvision {v['torchvision']}, onnx {v['onnx']}, "
             f"onnxruntime {v['onnxruntime']}, torch-pruning {v['torch-pruning']}, numpy {v['numpy']}.  \n"

@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, env_markdown, environment, interleaved, md_table, ms, ort_default_int8, write_csv  # noqa: E402
+from _common import (RESULTS, env_markdown, environment, interleaved, md_table, ms,  # noqa: E402
+                     ort_default_int8, others_cpu_share, write_csv)
 
 DEFAULT_JOB = {"model": "mobilenet_v3", "int8": True, "prune": {"ratio": 0.5}}
 QUICK = {"limit_train": 6000, "train": {"epochs": 3}, "finetune": {"epochs": 1},
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     run_dir = a.run_dir or run_main_job(a.out / "runs" / f"main{suffix}", a.quick)
     rows = evaluate(run_dir, runs=a.runs)
-    env["loadavg_end"] = os.getloadavg()
+    env["loadavg_end"], env["others_cpu_share"] = os.getloadavg(), others_cpu_share(env)
     env["seconds"] = round(time.perf_counter() - start)
     fp32 = rows[0]
     table = [[r["variant"], r["recipe"], f"{r['top1_pct']:.2f}", f"{r['top1_pct'] - fp32['top1_pct']:+.2f}",

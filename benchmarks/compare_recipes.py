@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (RESULTS, env_markdown, environment, interleaved, mac_bound_ms, md_table, ms,  # noqa: E402
-                     ort_default_int8, random_context, write_csv)
+                     ort_default_int8, others_cpu_share, random_context, write_csv)
 
 MODELS = ["mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v2", "efficientnet_b0"]
 VARIANTS = {
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             table_n.append([name] + list(qn.values()))
             log(f"{name}: " + ", ".join(f"{k} {v:.2f}×" for k, v in q1.items() if v is not None))
     headers = ["model"] + ratio_headers()
-    env["loadavg_end"] = os.getloadavg()
+    env["loadavg_end"], env["others_cpu_share"] = os.getloadavg(), others_cpu_share(env)
     env["seconds"] = round(time.perf_counter() - start)
     md = [f"# compare_recipes{suffix}: {a.size}×{a.size}, batch 1, random weights\n",
           f"Speed-up ratios (higher is better; > 1 means the second is slower). Targets in brackets. "

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, env_markdown, environment, md_table, ort_default_int8, random_context, write_csv  # noqa: E402
+from _common import (RESULTS, env_markdown, environment, md_table, ort_default_int8,  # noqa: E402
+                     others_cpu_share, random_context, write_csv)
 
 U8 = {"activation": "uint8"}
 VARIANTS = [  # (key, what, how)
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 prof_rows.append({"model": name, "variant": k, "total_ms": sum(prof.values()),
                                   **{op: round(v, 4) for op, v in prof.items()}})
             print(f"{name}: measured ({time.perf_counter() - start:.0f} s)", flush=True)
-    env["loadavg_end"] = os.getloadavg()
+    env["loadavg_end"], env["others_cpu_share"] = os.getloadavg(), others_cpu_share(env)
     env["seconds"] = round(time.perf_counter() - start)
     md = [f"# int8_options{suffix}: speed-up of each INT8 recipe over the same FP32 model\n",
           f"224×224, batch 1, 1 thread, medians of {runs} interleaved runs; > 1 means INT8 is faster. "

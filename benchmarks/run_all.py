@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small settings for every script (~3 min)")
     p.add_argument("--main-run", type=Path, help="a finished default-job run folder for accuracy.py (skips training)")
-    p.add_argument("--finetune-epochs", type=int, help="sweep.py's recovery epochs per prune ratio (default 2)")
+    p.add_argument("--finetune-epochs", type=int, help="sweep.py's recovery epochs per prune ratio (default 6)")
     a = p.parse_args(argv)
     quick = ["--quick"] if a.quick else []
     jobs = [

@@ -6,8 +6,8 @@ point of a ratio is its export step, the INT8 point its quantize step (accuracy 
 run's report). Latencies are then re-measured for all of them together, batch 1, 1 thread, interleaved in one
 process. Writes benchmarks/results/sweep[_quick].{csv,md,json} and sweep[_quick]_{latency,size}.png.
 
-    python benchmarks/sweep.py                        # 2 fine-tune epochs per ratio (~6 min with a cached baseline)
-    python benchmarks/sweep.py --finetune-epochs 6    # the default job's recovery schedule
+    python benchmarks/sweep.py                        # 6 fine-tune epochs per ratio (~10 min with a cached baseline)
+    python benchmarks/sweep.py --finetune-epochs 12   # the default job's recovery schedule (~16 min)
     python benchmarks/sweep.py --quick                # 6,000 training images, short schedules (~3 min)
 """
 
@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, env_markdown, environment, interleaved, md_table, ms, write_csv  # noqa: E402
+from _common import (RESULTS, env_markdown, environment, interleaved, md_table, ms,  # noqa: E402
+                     others_cpu_share, write_csv)
 from accuracy import DEFAULT_JOB, QUICK  # noqa: E402
 
 # Latency is re-measured interleaved at the end, so the per-step measurement only needs to be short.
@@ -31,7 +32,7 @@ SHORT_MEASURE = {"warmup_runs": 10, "min_runs": 100, "min_seconds": 0.3, "throug
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.7])
-    p.add_argument("--finetune-epochs", type=int, help="recovery epochs per pruned run (default 2; quick 1)")
+    p.add_argument("--finetune-epochs", type=int, help="recovery epochs per pruned run (default 6; quick 1)")
     p.add_argument("--quick", action="store_true", help="6,000 training images and short schedules (~3 min)")
     p.add_argument("--runs", type=int, default=300, help="interleaved batch-1 runs per model (default 300)")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(not 0 <= r < 1 for r in a.ratios):
         raise CompressError("prune ratios must be in [0, 1)")
     suffix = "_quick" if a.quick else ""
-    epochs = a.finetune_epochs or (1 if a.quick else 2)
+    epochs = a.finetune_epochs or (1 if a.quick else 6)
     env = environment([1])
     start = time.perf_counter()
     points: list[dict] = []
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     times = interleaved({i: (lambda s=s: s.run(None, {"input": x})) for i, s in sessions.items()}, runs=a.runs)
     for i, pt in enumerate(points):
         pt["latency_ms_median"], pt["latency_ms_p90"] = ms(times[i], 0.5), ms(times[i], 0.9)
-    env["loadavg_end"] = os.getloadavg()
+    env["loadavg_end"], env["others_cpu_share"] = os.getloadavg(), others_cpu_share(env)
     env["seconds"] = round(time.perf_counter() - start)
     a.out.mkdir(parents=True, exist_ok=True)
     plot(points, a.out, suffix)

@@ -30,6 +30,7 @@ class Finetune:
     distill: bool = True  # knowledge distillation from the unpruned baseline
     temperature: float = 4.0
     alpha: float = 0.7  # weight of the distillation loss against the hard-label loss
+    quant_aware_epochs: int = 4  # with --int8, the last epochs (all, if fewer) train with INT8-rounded activations
 
     accepts = "torch"
     name = "finetune"
@@ -42,6 +43,8 @@ class Finetune:
             raise CompressError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if not 0 <= self.alpha <= 1 or not self.temperature > 0:
             raise CompressError("finetune alpha must be in [0, 1] and temperature positive")
+        if self.quant_aware_epochs < 0:
+            raise CompressError(f"finetune quant_aware_epochs must be 0 (off) or more, got {self.quant_aware_epochs}")
 
     def recipe(self) -> Recipe:
         return Recipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, schedule=self.schedule,
@@ -53,4 +56,5 @@ class Finetune:
         teacher = ctx.teacher if self.distill else None
         return fit(model, ctx.data, self.recipe(), seed=ctx.seed + 1, device=ctx.device, teacher=teacher,
                    distill=Distill(temperature=self.temperature, alpha=self.alpha) if teacher is not None else None,
-                   on_epoch=ctx.epoch_done, on_batch=ctx.batch_done, checkpoint=ctx.checkpoint(self.name))
+                   on_epoch=ctx.epoch_done, on_batch=ctx.batch_done, checkpoint=ctx.checkpoint(self.name),
+                   quant_aware_epochs=min(self.quant_aware_epochs, self.epochs))

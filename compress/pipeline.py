@@ -153,7 +153,8 @@ def stages(cfg: "RunConfig") -> list:
     if cfg.edge_friendly.enabled:
         chain.append(cfg.edge_friendly)
     if cfg.prune.ratio > 0 or cfg.edge_friendly.enabled:
-        chain.append(cfg.finetune)
+        # Quantization-aware epochs only help a model that will be quantized.
+        chain.append(cfg.finetune if cfg.int8 else dataclasses.replace(cfg.finetune, quant_aware_epochs=0))
     chain.append(cfg.export)
     if cfg.int8:
         chain.append(cfg.quantize)

@@ -246,13 +246,19 @@ def render_markdown(report: RunReport) -> str:
 
 
 def verdict(report: RunReport) -> str:
-    base, final = report.steps[0], report.steps[-1]
+    """One line on the step the bundle holds: the last one, or the one ``--max-drop`` chose."""
+    base, last = report.steps[0], report.steps[-1]
+    final = next((s for s in report.steps if s.notes.get("deployed")), last)
     b, f = base.metrics, final.metrics
     if final is base:
         return f"Baseline only: {f['top1_pct']:.2f}% top-1."
-    return (f"**{final.step}**: {f['top1_pct']:.2f}% top-1 ({f['top1_pct'] - b['top1_pct']:+.2f} pt), "
+    line = (f"**{final.step}**: {f['top1_pct']:.2f}% top-1 ({f['top1_pct'] - b['top1_pct']:+.2f} pt), "
             f"{b['size_bytes'] / f['size_bytes']:.1f}× smaller and "
             f"{b['latency_ms_median'] / f['latency_ms_median']:.2f}× faster at batch 1 than the baseline.")
+    if final is not last:
+        line += (f" Deployed under --max-drop {final.notes.get('max_drop_pt'):g} pt: {last.step} reached "
+                 f"{last.metrics['top1_pct']:.2f}%.")
+    return line
 
 
 def write_reports(report: RunReport, run_dir: Path) -> None:

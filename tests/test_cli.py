@@ -139,5 +139,9 @@ def test_accuracy_budget_deploys_the_most_compressed_step_inside_it(smoke_run, t
     m2 = json.loads((out2 / "edge" / "manifest.json").read_text())
     best = max((s for s in r2.steps if s.kind == "onnx"), key=lambda s: s.metrics["top1_pct"])
     assert m2["step"] == best.step and r2.step(best.step).notes["deployed"] is True
+    headline = (out2 / "report.md").read_text().splitlines()[2]
+    assert headline.startswith(f"**{best.step}**: {best.metrics['top1_pct']:.2f}% top-1")  # what the bundle holds
+    if best is not r2.steps[-1]:
+        assert "Deployed under --max-drop 0 pt" in headline
     if best.metrics["top1_pct"] < r2.steps[0].metrics["top1_pct"]:
         assert any("max-drop" in w for w in r2.step(best.step).notes.get("warnings", []))

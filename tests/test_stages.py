@@ -95,6 +95,28 @@ def test_edge_friendly_swaps_activations_and_removes_se(trained, tmp_path):
     assert notes["activations_swapped"] > 0 and notes["se_blocks_removed"] > 0
 
 
+def test_quant_aware_hooks_round_activations_and_leave_no_trace(trained):
+    from compress.data import normalize
+    from compress.train import fake_quant_activations
+
+    model = copy.deepcopy(trained).eval()
+    x = normalize(fmnist_subset().test_x[:64])
+    with torch.no_grad():
+        clean = model(x)
+        bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+        _, remove = fake_quant_activations(model)
+        seen: list[torch.Tensor] = []
+        spy = bn.register_forward_hook(lambda _m, _i, out: seen.append(out))  # runs after the rounding hook
+        rounded = model(x)
+        spy.remove()
+        remove()
+        after = model(x)
+    assert len(torch.unique(seen[0])) <= 256  # one uint8 grid per tensor
+    assert not torch.equal(rounded, clean)
+    assert not any(m._forward_hooks for m in model.modules())
+    assert torch.equal(after, clean)
+
+
 def test_export_matches_torch_on_real_images(trained, tmp_path):
     data = fmnist_subset()
     with context(tmp_path) as ctx:
