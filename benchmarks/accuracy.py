@@ -10,8 +10,8 @@ finished run folder given as argument, then quantizes the run's FP32 model (``ex
 All variants calibrate on the same *training* images; every accuracy is on the full held-out test split; the
 latencies are batch 1, 1 thread, interleaved in one process. Writes benchmarks/results/accuracy[_quick].{csv,md,json}.
 
-    python benchmarks/accuracy.py                    # runs the default job first (~6 min with its baseline cached)
-    python benchmarks/accuracy.py runs/my-run        # reuse a finished run folder (~2 min)
+    python benchmarks/accuracy.py                    # runs the default job first (~7 min with its baseline cached)
+    python benchmarks/accuracy.py runs/my-run        # reuse a finished run folder (under 1 min)
     python benchmarks/accuracy.py --quick            # 6,000 training images, short schedules (~1 min)
 """
 

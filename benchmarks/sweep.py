@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment([1])
     start = time.perf_counter()
     points: list[dict] = []
+    reused: list[str] = []  # finished runs with the same config are read back, not retrained
     for ratio in a.ratios:
         over = merge(DEFAULT_JOB, {"prune": {"ratio": ratio}, "finetune": {"epochs": epochs},
                                    "measure": SHORT_MEASURE})
@@ -61,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         if (run_dir / "report.json").is_file() and resolve(run_dir / "config.yaml") == cfg:
             report = RunReport.load(run_dir / "report.json")
+            reused.append(run_dir.name)
+            print(f"prune {ratio:g}: reused the finished run {run_dir} (same config; delete it to retrain)", flush=True)
         else:
             report = run(cfg, run_dir)
-        print(f"prune {ratio:g}: done in {time.perf_counter() - t:.0f} s", flush=True)
+            print(f"prune {ratio:g}: done in {time.perf_counter() - t:.0f} s", flush=True)
         for step, precision in (("export", "fp32"), ("quantize", "int8")):
             s = report.step(step)
             points.append({"prune_ratio": ratio, "precision": precision, "top1_pct": s.metrics["top1_pct"],
@@ -95,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
           md_table(["prune", "precision", "top-1 %", "Δ points", "latency ms", "speed-up", "size KB", "smaller",
                     "MMACs"], table), "",
           f"![accuracy vs latency](sweep{suffix}_latency.png) ![accuracy vs size](sweep{suffix}_size.png)\n",
-          "## Environment\n", env_markdown(env), f"  \nWall time {env['seconds']} s.\n"]
+          "## Environment\n", env_markdown(env), f"  \nWall time {env['seconds']} s"
+          + (f" ({len(reused)} of {len(a.ratios)} runs read back from earlier, finished runs with the same config: "
+             f"{', '.join(reused)}; their training time is not included).\n" if reused else ".\n")]
     write_csv(points, a.out / f"sweep{suffix}.csv")
     (a.out / f"sweep{suffix}.md").write_text("\n".join(md))
     (a.out / f"sweep{suffix}.json").write_text(json.dumps({"environment": env, "points": points}, indent=1,

@@ -1,0 +1,41 @@
+"""The documented benchmark command, at its quick settings: every script runs and writes its tables and plots."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_run_all_quick_writes_every_table_and_plot(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("compare_recipes", "accuracy", "sweep"):
+        for ext in ("md", "csv", "json"):
+            assert (tmp_path / f"{name}_quick.{ext}").stat().st_size > 0, f"{name}_quick.{ext}"
+        md = (tmp_path / f"{name}_quick.md").read_text()
+        assert re.search(r"other processes used \d+% of the \d+ cores", md)  # the environment block
+        assert "torch-pruning" in md and "Wall time" in md
+    for plot in ("sweep_quick_latency.png", "sweep_quick_size.png"):
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    recipes = json.loads((tmp_path / "compare_recipes_quick.json").read_text())
+    assert "mobilenet_v3_small" in json.dumps(recipes)
+    table = (tmp_path / "compare_recipes_quick.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| mobilenet_v3_small |"))
+    ratios = [float(c) for c in row.strip("|").split("|")[1:] if re.fullmatch(r"\s*\d+(\.\d+)?\s*", c)]
+    assert ratios and all(r > 0 for r in ratios)
+
+    sweep = (tmp_path / "sweep_quick.md").read_text()
+    for ratio in ("0", "0.25", "0.5", "0.7"):
+        for precision in ("fp32", "int8"):
+            assert re.search(rf"^\| {re.escape(ratio)} \| {precision} \| \d+\.\d\d \|", sweep, re.M), (ratio, precision)
+    assert (tmp_path / "runs").is_dir()
