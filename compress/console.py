@@ -98,7 +98,7 @@ class Progress:
         self._set_task(f"{step}: measuring", None)
 
     def epoch(self, info: dict) -> None:
-        head = " (head only)" if info.get("head_only") else ""
+        head = " (head only)" if info.get("head_only") else " (quantization-aware)" if info.get("quant_aware") else ""
         self._plain(f"[{self._step}] epoch {info['epoch']}/{info['epochs']}{head}: loss {info['loss']:.4f}, "
                     f"train acc {info['train_acc_pct']:.2f}%, {info['seconds']:.0f} s")
         if self._bar is not None:

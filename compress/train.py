@@ -216,6 +216,9 @@ def fake_quant_activations(model: "nn.Module") -> tuple["nn.ModuleList", Callabl
             rounding.append(fq)
             handles.append(module.register_forward_hook(lambda _m, _i, out, fq=fq: fq(out)))
 
+    param = next(model.parameters(), None)
+    rounding.to(param.device if param is not None else "cpu")  # the observers' ranges live beside the activations
+
     def remove() -> None:
         for handle in handles:
             handle.remove()
