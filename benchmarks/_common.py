@@ -9,13 +9,14 @@ took during the run, from /proc/stat minus this process's own CPU time).
 from __future__ import annotations
 
 import csv
+import json
 import importlib.metadata as md
 import os
 import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -99,44 +100,26 @@ def environment(threads: list[int]) -> dict[str, Any]:
     }
 
 
+def finish_environment(env: dict) -> None:
+    """Close the record at the end of a run: load average, other processes' CPU share, wall seconds."""
+    env["loadavg_end"] = os.getloadavg()
+    env["others_cpu_share"] = others_cpu_share(env)
+    env["seconds"] = round(time.monotonic() - env["wall_start"])
+
+
+def write_results(out: Path, stem: str, md: list[str], rows: list[dict], data: dict) -> None:
+    """``stem``.csv (the rows), ``stem``.md and ``stem``.json (``data``) under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / f"{stem}.csv")
+    (out / f"{stem}.md").write_text("\n".join(md))
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str))
+
+
 def mac_bound_ms(macs: int, *, int8: bool, threads: int, env: dict) -> float:
     """The time ``macs`` multiply-accumulates take at the CPU's peak rate: a lower limit for a conv net."""
     isa = "avx512" if "avx512f" in env["simd_flags"] else "avx2"
     per_cycle = (INT8_MACS_PER_CYCLE if int8 else FP32_MACS_PER_CYCLE)[isa]
     return macs / (per_cycle * env["cpu_mhz"] * 1e6 * threads) * 1e3
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], *, runs: int, block: int = 5, warmup: int = 10,
-                max_seconds: float | None = None) -> dict[str, list[float]]:
-    """Per-call seconds of each function: warm-up, then blocks of ``block`` calls, taking turns.
-
-    With ``max_seconds``, stops early once that much time has passed and every function has at least 20 calls
-    (multi-threaded runs on a loaded machine can take seconds each)."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    names = list(fns)
-    start = time.perf_counter()
-    for r in range(max(1, -(-runs // block))):
-        if max_seconds is not None and r * block >= 20 and time.perf_counter() - start > max_seconds:
-            break
-        for name in (names if r % 2 == 0 else names[::-1]):
-            fn = fns[name]
-            for _ in range(block):
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-    return times
-
-
-def throughput_ips(fn: Callable[[], Any], batch: int, seconds: float) -> float:
-    fn()
-    n, start = 0, time.perf_counter()
-    while n < 3 or time.perf_counter() - start < seconds:
-        fn()
-        n += 1
-    return n * batch / (time.perf_counter() - start)
 
 
 def ms(times: list[float], q: float) -> float:
@@ -169,7 +152,7 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def env_markdown(env: dict) -> str:
     v = env["versions"]
-    share = env["others_cpu_share"] if "others_cpu_share" in env else others_cpu_share(env)
+    share = env["others_cpu_share"]
     if share is None:
         load = "other processes' CPU use not measurable here (no /proc/stat)"
     elif share > 0.25:
@@ -181,7 +164,7 @@ def env_markdown(env: dict) -> str:
     return (f"CPU: {env['cpu']} (family {env['cpu_family']} model {env['cpu_model']}, {env['cpu_mhz']:.0f} MHz "
             f"nominal), {env['cores']} cores, SIMD {', '.join(env['simd_flags'])}; threads measured "
             f"{env['threads_measured']}; {load}; load average {env['loadavg_start'][0]:.2f} at start, "
-            f"{os.getloadavg()[0]:.2f} at end.  \n"
+            f"{env['loadavg_end'][0]:.2f} at end.  \n"
             f"Python {env['python']}, torch {v['torch']}, torchvision {v['torchvision']}, onnx {v['onnx']}, "
             f"onnxruntime {v['onnxruntime']}, torch-pruning {v['torch-pruning']}, numpy {v['numpy']}.  \n"
             f"MAC bound: {env['mac_bound_assumption']}.")

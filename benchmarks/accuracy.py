@@ -21,16 +21,15 @@ import argparse
 import contextlib
 import dataclasses
 import io
-import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, env_markdown, environment, interleaved, md_table, ms,  # noqa: E402
-                     ort_default_int8, others_cpu_share, write_csv)
+from _common import (RESULTS, env_markdown, environment, finish_environment, md_table,  # noqa: E402
+                     ms, ort_default_int8, write_results)
+from compress.measure import interleaved  # noqa: E402
 
 DEFAULT_JOB = {"model": "mobilenet_v3", "int8": True, "prune": {"ratio": 0.5}}
 QUICK = {"limit_train": 6000, "train": {"epochs": 3}, "finetune": {"epochs": 1},
@@ -61,11 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     suffix = "_quick" if a.quick else ""
     env = environment([1])
-    start = time.perf_counter()
     run_dir = a.run_dir or run_main_job(a.out / "runs" / f"main{suffix}", a.quick)
     rows = evaluate(run_dir, runs=a.runs)
-    env["loadavg_end"], env["others_cpu_share"] = os.getloadavg(), others_cpu_share(env)
-    env["seconds"] = round(time.perf_counter() - start)
+    finish_environment(env)
     fp32 = rows[0]
     table = [[r["variant"], r["recipe"], f"{r['top1_pct']:.2f}", f"{r['top1_pct'] - fp32['top1_pct']:+.2f}",
               f"{r['latency_ms_median']:.3f}", f"{fp32['latency_ms_median'] / r['latency_ms_median']:.2f}×",
@@ -75,17 +72,12 @@ def main(argv: list[str] | None = None) -> int:
           f"batch 1, 1 thread, median of {a.runs} interleaved runs; calibration on training images only.\n",
           md_table(["variant", "recipe", "top-1 %", "Δ vs FP32 (points)", "latency ms", "speed-up vs FP32", "size KB"],
                    table), "", "## Environment\n", env_markdown(env), f"  \nWall time {env['seconds']} s.\n"]
-    a.out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, a.out / f"accuracy{suffix}.csv")
-    (a.out / f"accuracy{suffix}.md").write_text("\n".join(md))
-    (a.out / f"accuracy{suffix}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1, default=str))
+    write_results(a.out, f"accuracy{suffix}", md, rows, {"environment": env, "rows": rows})
     print("\n".join(md[:3]))
     return 0
 
 
 def evaluate(run_dir: Path, *, runs: int) -> list[dict]:
-    import numpy as np
-
     from compress.config import resolve
     from compress.console import library_output_to
     from compress.data import load_dataset, normalize
@@ -93,7 +85,7 @@ def evaluate(run_dir: Path, *, runs: int) -> list[dict]:
     from compress.export import OnnxModel, run_onnx, session
     from compress.measure import MeasureConfig
     from compress.pipeline import Context
-    from compress.quantize import Quantize
+    from compress.quantize import Quantize, calibration_images
 
     run_dir = Path(run_dir)
     fp32_path = run_dir / "export" / "model.onnx"
@@ -121,7 +113,7 @@ def evaluate(run_dir: Path, *, runs: int) -> list[dict]:
         variants.append((key, recipe, dataclasses.replace(shipped, speed_check_runs=0, **change)))
     x = normalize(data.test_x).numpy()
     y = data.test_y.numpy()
-    rows, paths = [], {}
+    rows, sessions = [], {}
     with tempfile.TemporaryDirectory(prefix="accuracy-") as tmp, library_output_to(Path(tmp) / "log.txt"):
         ctx = Context(data=data, run_dir=Path(tmp), seed=cfg.seed, device="cpu", measure=MeasureConfig(threads=1),
                       meter=None)
@@ -129,21 +121,17 @@ def evaluate(run_dir: Path, *, runs: int) -> list[dict]:
             t = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print their progress
                 if how is None:  # the plain ORT recipe, calibrated on the images compress would use
-                    n = data.train_x.shape[0]
-                    idx = np.sort(np.random.default_rng(cfg.seed).permutation(n)[:min(shipped.calibration_size, n)])
                     path = ort_default_int8(fp32_path, Path(tmp) / "ort_default.onnx",
-                                            normalize(data.train_x[idx]).numpy())
+                                            calibration_images(data.train_x, shipped.calibration_size, cfg.seed))
                 elif isinstance(how, Quantize):
-                    ctx.notes.clear()
                     path = how(OnnxModel(fp32_path), dataclasses.replace(ctx, run_dir=Path(tmp) / key)).path
                 else:
                     path = how
-            paths[key] = path
-            top1 = 100.0 * float((run_onnx(session(path), x).argmax(1) == y).mean())
+            sessions[key] = session(path)
+            top1 = 100.0 * float((run_onnx(sessions[key], x).argmax(1) == y).mean())
             rows.append({"variant": key, "recipe": recipe, "top1_pct": top1, "test_images": len(y),
                          "size_bytes": Path(path).stat().st_size})
             print(f"  {key:18s} top-1 {top1:6.2f}%  ({time.perf_counter() - t:.0f} s)", flush=True)
-        sessions = {k: session(p, 1) for k, p in paths.items()}
         x1 = x[:1]
         times = interleaved({k: (lambda s=s: s.run(None, {"input": x1})) for k, s in sessions.items()}, runs=runs)
     for r in rows:

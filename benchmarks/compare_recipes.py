@@ -31,8 +31,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, env_markdown, environment, interleaved, mac_bound_ms, md_table, ms,  # noqa: E402
-                     ort_default_int8, others_cpu_share, random_context, write_csv)
+from _common import (RESULTS, env_markdown, environment, finish_environment,  # noqa: E402
+                     mac_bound_ms, md_table, ms, ort_default_int8, random_context, write_results)
+from compress.measure import interleaved  # noqa: E402
 
 MODELS = ["mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v2", "efficientnet_b0"]
 VARIANTS = {
@@ -202,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(sorted({1, all_threads}))
     suffix = "_quick" if a.quick else ""
     log = lambda s: print(s, flush=True)  # noqa: E731
-    start = time.perf_counter()
     rows, table, table_n, absolute = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="compare-recipes-") as tmp:
         for name in models:
@@ -226,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             table_n.append([name] + list(qn.values()))
             log(f"{name}: " + ", ".join(f"{k} {v:.2f}×" for k, v in q1.items() if v is not None))
     headers = ["model"] + ratio_headers()
-    env["loadavg_end"], env["others_cpu_share"] = os.getloadavg(), others_cpu_share(env)
-    env["seconds"] = round(time.perf_counter() - start)
+    finish_environment(env)
     md = [f"# compare_recipes{suffix}: {a.size}×{a.size}, batch 1, random weights\n",
           f"Speed-up ratios (higher is better; > 1 means the second is slower). Targets in brackets. "
           f"Medians of up to {runs} interleaved batch-1 runs per variant (at least 20).\n",
@@ -241,11 +240,7 @@ def main(argv: list[str] | None = None) -> int:
           "MACs count conv and linear layers as executed (compress INT8 includes its zero padding). "
           "`× MAC bound` = measured median ÷ (MACs at the peak rate below), 1 thread.\n",
           "## Environment\n", env_markdown(env), f"  \nWall time {env['seconds']} s.\n"]
-    a.out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, a.out / f"compare_recipes{suffix}.csv")
-    (a.out / f"compare_recipes{suffix}.md").write_text("\n".join(md))
-    (a.out / f"compare_recipes{suffix}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1,
-                                                                     default=str))
+    write_results(a.out, f"compare_recipes{suffix}", md, rows, {"environment": env, "rows": rows})
     log(f"wrote {a.out / f'compare_recipes{suffix}.md'} ({env['seconds']} s)")
     return 0
 

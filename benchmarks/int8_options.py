@@ -19,15 +19,14 @@ import contextlib
 import dataclasses
 import io
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, env_markdown, environment, md_table, ort_default_int8,  # noqa: E402
-                     others_cpu_share, random_context, write_csv)
+from _common import (RESULTS, env_markdown, environment, finish_environment, md_table,  # noqa: E402
+                     ort_default_int8, random_context, write_results)
 
 U8 = {"activation": "uint8"}
 VARIANTS = [  # (key, what, how)
@@ -59,11 +58,11 @@ VARIANTS = [  # (key, what, how)
 
 def quantize_variant(fp32: Path, out: Path, how: dict, calib, ctx) -> Path:
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from compress.export import OnnxModel
-    from compress.quantize import Quantize, hardsigmoid_as_clip, pad_depthwise_channels, pad_stem_input
+    from compress.quantize import Quantize, calibration_reader, hardsigmoid_as_clip, pad_depthwise_channels, pad_stem_input
 
     if how.get("ort_default"):
         return ort_default_int8(fp32, out, calib)
@@ -81,19 +80,8 @@ def quantize_variant(fp32: Path, out: Path, how: dict, calib, ctx) -> Path:
     if how.get("exclude_depthwise"):
         exclude += [n.name for n in convs if next((a.i for a in n.attribute if a.name == "group"), 1) > 1]
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.i = 0
-
-        def get_next(self):
-            self.i += 8
-            return {"input": calib[self.i - 8:self.i]} if self.i <= len(calib) else None
-
-        def rewind(self) -> None:
-            self.i = 0
-
     act = how.get("activation", "uint8")
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
+    quantize_static(str(pre), str(out), calibration_reader(calib, batch_size=8), quant_format=QuantFormat.QDQ,
                     per_channel=how.get("per_channel", True),
                     activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8, op_types_to_quantize=how.get("op_types"),
@@ -223,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 prof_rows.append({"model": name, "variant": k, "total_ms": sum(prof.values()),
                                   **{op: round(v, 4) for op, v in prof.items()}})
             print(f"{name}: measured ({time.perf_counter() - start:.0f} s)", flush=True)
-    env["loadavg_end"], env["others_cpu_share"] = os.getloadavg(), others_cpu_share(env)
-    env["seconds"] = round(time.perf_counter() - start)
+    finish_environment(env)
     md = [f"# int8_options{suffix}: speed-up of each INT8 recipe over the same FP32 model\n",
           f"224×224, batch 1, 1 thread, medians of {runs} interleaved runs; > 1 means INT8 is faster. "
           "CPU = this thread's CPU time (robust to other processes' load).\n"]
@@ -238,11 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         md.append(f"- **{r['model']} {r['variant']}** (kernel total {r['total_ms']:.2f} ms): "
                   + ", ".join(f"{k} {v:.3f}" for k, v in ops.items()))
     md += ["", "## Environment\n", env_markdown(env), f"  \nWall time {env['seconds']} s.\n"]
-    a.out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, a.out / f"int8_options{suffix}.csv")
-    (a.out / f"int8_options{suffix}.md").write_text("\n".join(md))
-    (a.out / f"int8_options{suffix}.json").write_text(json.dumps({"environment": env, "rows": rows,
-                                                                  "profile": prof_rows}, indent=1, default=str))
+    write_results(a.out, f"int8_options{suffix}", md, rows, {"environment": env, "rows": rows, "profile": prof_rows})
     print(f"wrote {a.out / f'int8_options{suffix}.md'} ({env['seconds']} s)")
     return 0
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, env_markdown, environment, interleaved, md_table, ms,  # noqa: E402
-                     others_cpu_share, write_csv)
+from _common import (RESULTS, env_markdown, environment, finish_environment, md_table,  # noqa: E402
+                     ms, write_results)
+from compress.measure import interleaved  # noqa: E402
 from accuracy import DEFAULT_JOB, QUICK  # noqa: E402
 
 # Latency is re-measured interleaved at the end, so the per-step measurement only needs to be short.
@@ -49,7 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "_quick" if a.quick else ""
     epochs = a.finetune_epochs or (1 if a.quick else 6)
     env = environment([1])
-    start = time.perf_counter()
     points: list[dict] = []
     reused: list[str] = []  # finished runs with the same config are read back, not retrained
     for ratio in a.ratios:
@@ -82,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     times = interleaved({i: (lambda s=s: s.run(None, {"input": x})) for i, s in sessions.items()}, runs=a.runs)
     for i, pt in enumerate(points):
         pt["latency_ms_median"], pt["latency_ms_p90"] = ms(times[i], 0.5), ms(times[i], 0.9)
-    env["loadavg_end"], env["others_cpu_share"] = os.getloadavg(), others_cpu_share(env)
-    env["seconds"] = round(time.perf_counter() - start)
+    finish_environment(env)
     a.out.mkdir(parents=True, exist_ok=True)
     plot(points, a.out, suffix)
     base = next(pt for pt in points if pt["precision"] == "fp32" and pt["prune_ratio"] == min(a.ratios))
@@ -101,10 +99,7 @@ def main(argv: list[str] | None = None) -> int:
           "## Environment\n", env_markdown(env), f"  \nWall time {env['seconds']} s"
           + (f" ({len(reused)} of {len(a.ratios)} runs read back from earlier, finished runs with the same config: "
              f"{', '.join(reused)}; their training time is not included).\n" if reused else ".\n")]
-    write_csv(points, a.out / f"sweep{suffix}.csv")
-    (a.out / f"sweep{suffix}.md").write_text("\n".join(md))
-    (a.out / f"sweep{suffix}.json").write_text(json.dumps({"environment": env, "points": points}, indent=1,
-                                                          default=str))
+    write_results(a.out, f"sweep{suffix}", md, points, {"environment": env, "points": points})
     print("\n".join(md[:3]))
     return 0
 

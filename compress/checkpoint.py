@@ -114,7 +114,7 @@ def restore_model(record: dict, model: "nn.Module") -> "nn.Module":
                 m._parameters[pname] = nn.Parameter(torch.empty_like(state[key]))
         for bname, b in list(m.named_buffers(recurse=False)):
             key = f"{name}.{bname}" if name else bname
-            if b is not None and key in state and state[key].shape != b.shape:
+            if key in state and state[key].shape != b.shape:
                 m._buffers[bname] = torch.empty_like(state[key])
     try:
         model.load_state_dict(state, strict=True)

@@ -57,4 +57,4 @@ class Finetune:
         return fit(model, ctx.data, self.recipe(), seed=ctx.seed + 1, device=ctx.device, teacher=teacher,
                    distill=Distill(temperature=self.temperature, alpha=self.alpha) if teacher is not None else None,
                    on_epoch=ctx.epoch_done, on_batch=ctx.batch_done, checkpoint=ctx.checkpoint(self.name),
-                   quant_aware_epochs=min(self.quant_aware_epochs, self.epochs))
+                   quant_aware_epochs=self.quant_aware_epochs)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -146,6 +146,31 @@ def latency_loop(infer: Callable, x: "np.ndarray", cfg: MeasureConfig, meter: "E
             if tick and len(times) % 100 == 0:
                 tick("latency", len(times), cfg.min_runs)
     return times, energy
+
+
+def interleaved(fns: dict[Any, Callable[[], Any]], *, runs: int, block: int = 5, warmup: int = 10,
+                max_seconds: float | None = None) -> dict[Any, list[float]]:
+    """Per-call seconds of each function: warm-up, then blocks of ``block`` calls taking turns, the order
+    reversed every other block, so load from other processes falls on all of them alike.
+
+    With ``max_seconds``, stops early once that much time has passed and every function has at least 20 calls
+    (multi-threaded runs on a loaded machine can take seconds each)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[Any, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    start = time.perf_counter()
+    for r in range(max(1, -(-runs // block))):
+        if max_seconds is not None and r * block >= 20 and time.perf_counter() - start > max_seconds:
+            break
+        for name in (names if r % 2 == 0 else names[::-1]):
+            fn = fns[name]
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def throughput(infer: Callable, x: "np.ndarray", cfg: MeasureConfig) -> float:

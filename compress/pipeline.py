@@ -132,8 +132,10 @@ class Baseline:
     def remember_work(self, ctx: Context, work: dict) -> None:
         """Store the training's time and CO2 beside the cached weights, so later runs can report it."""
         notes = ctx.notes.get(self.name, {})
-        meta_file = Path(notes.get("cache", "")).with_suffix(".json")
-        if notes.get("cache") and meta_file.exists() and not notes.get("cache_hit"):
+        if not notes.get("cache") or notes.get("cache_hit"):
+            return
+        meta_file = Path(notes["cache"]).with_suffix(".json")
+        if meta_file.exists():
             from compress.checkpoint import atomic_write
 
             meta = json.loads(meta_file.read_text())
@@ -292,7 +294,9 @@ def _restore(done: list, chain: list, cfg: "RunConfig", ctx: Context) -> Any:
     last = done[-1]
     if ctx.progress:
         ctx.progress.resumed([s.step for s in done])
-    return OnnxModel(ctx.run_dir / last.artifact) if last.kind == "onnx" else torch_model(last)
+    if last.kind == "onnx":
+        return OnnxModel(ctx.run_dir / last.artifact)
+    return ctx.teacher if last is done[0] else torch_model(last)  # stages never mutate their input
 
 
 def _step(stage: Any, model: Any, ctx: Context, report: "RunReport") -> Any:

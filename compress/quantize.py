@@ -51,6 +51,7 @@ from compress.export import OnnxModel, check_onnx
 if TYPE_CHECKING:
     import numpy as np
     import onnx
+    import torch
 
     from compress.pipeline import Context
 
@@ -80,6 +81,17 @@ def calibration_reader(images: "np.ndarray", batch_size: int = 32):
             self.i = 0
 
     return Reader()
+
+
+def calibration_images(train_x: "torch.Tensor", size: int, seed: int) -> "np.ndarray":
+    """``size`` training images (seeded, in index order), normalised: what ``Quantize`` calibrates on."""
+    import numpy as np
+
+    from compress.data import normalize
+
+    n = train_x.shape[0]
+    idx = np.sort(np.random.default_rng(seed).permutation(n)[:min(size, n)])
+    return normalize(train_x[idx]).numpy()
 
 
 def cpu_flags() -> set[str]:
@@ -145,23 +157,18 @@ class Quantize:
             raise CompressError(f"speed_check_runs must be 0 (skip) or more, got {self.speed_check_runs}")
 
     def __call__(self, model: OnnxModel, ctx: "Context") -> OnnxModel:
-        import numpy as np
         import onnx
         from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                               quantize_static)
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         from compress.checkpoint import atomic_write
-        from compress.data import normalize
 
         self.check()
         check_onnx(model.path)
-        n = ctx.data.train_x.shape[0]
-        if n == 0:
+        if ctx.data.train_x.shape[0] == 0:
             raise CompressError("--int8 needs calibration images but the training split is empty: add training images")
-        gen = np.random.default_rng(ctx.seed)
-        idx = np.sort(gen.permutation(n)[:min(self.calibration_size, n)])
-        calib = normalize(ctx.data.train_x[idx]).numpy()
+        calib = calibration_images(ctx.data.train_x, self.calibration_size, ctx.seed)
 
         act, reduce_range, why = choose_activation_type(self.activation_type)
         path = ctx.artifact(self.name, "model.onnx")
@@ -183,13 +190,11 @@ class Quantize:
                                       "percentile": CalibrationMethod.Percentile}[self.calibration],
                     extra_options={"ActivationSymmetric": act == "int8", "WeightSymmetric": True},
                 )
+                q = onnx.load(str(tmp))
                 if self.kernel_rewrites:
-                    q = onnx.load(str(tmp))
                     rewrites["hardsigmoids_as_clip"] = hardsigmoid_as_clip(q)
                     rewrites["stem_channels_padded"] = pad_stem_input(q) if _is_x86() else 0
                     _drop_unused_initializers(q)
-                    onnx.save(q, str(tmp))
-                q = onnx.load(str(tmp))
                 _short_tensor_names(q)
                 onnx.save(q, str(tmp))
             check_onnx(tmp)
@@ -232,29 +237,19 @@ class Quantize:
 
 def compare_latency(paths: list[Path], x: "np.ndarray", *, threads: int = 1, runs: int = 200,
                     block: int = 5) -> list[float]:
-    """Median batch-1 latency in ms of each ONNX model, measured interleaved in blocks of ``block`` runs,
-    so that load from other processes falls on all of them alike."""
-    import time
-
+    """Median batch-1 latency in ms of each ONNX model, measured interleaved (``measure.interleaved``)."""
     import numpy as np
 
     from compress.export import session
+    from compress.measure import interleaved
 
-    sessions = [session(p, threads) for p in paths]
-    names = [s.get_inputs()[0].name for s in sessions]
-    for s, name in zip(sessions, names):
-        for _ in range(max(5, runs // 10)):
-            s.run(None, {name: x})
-    times: list[list[float]] = [[] for _ in sessions]
-    for r in range(max(1, runs // block)):
-        order = range(len(sessions)) if r % 2 == 0 else reversed(range(len(sessions)))
-        for i in order:
-            s, name = sessions[i], names[i]
-            for _ in range(block):
-                t0 = time.perf_counter()
-                s.run(None, {name: x})
-                times[i].append(time.perf_counter() - t0)
-    return [float(np.median(t)) * 1e3 for t in times]
+    def call(path: Path):
+        s = session(path, threads)
+        name = s.get_inputs()[0].name
+        return lambda: s.run(None, {name: x})
+
+    times = interleaved({i: call(p) for i, p in enumerate(paths)}, runs=runs, block=block, warmup=max(5, runs // 10))
+    return [float(np.median(times[i])) * 1e3 for i in range(len(paths))]
 
 
 # --------------------------------------------------------------------------------------------- rewrites

@@ -171,10 +171,10 @@ def fmt_energy(j: float | None) -> str:
 def fmt_co2(g: float | None) -> str:
     if g is None:
         return "n/a"
-    for unit, mult in (("g", 1), ("mg", 1e3), ("µg", 1e6)):
-        if abs(g) * mult >= 1 or unit == "µg":
+    for unit, mult in (("g", 1), ("mg", 1e3)):
+        if abs(g) * mult >= 1:
             return f"{g * mult:.3g} {unit}"
-    return str(g)
+    return f"{g * 1e6:.3g} µg"
 
 
 def cell(step: StepReport, key: str, kind: str) -> str:

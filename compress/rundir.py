@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from compress.errors import CompressError
+from compress.pipeline import PROGRESS, STAGE_NAMES
 
 if TYPE_CHECKING:
     from compress.config import RunConfig
 
 LOCK = ".compress.lock"
 # What compress writes into a run folder; --force removes these and nothing else.
-OWNED = ("config.yaml", "report.json", "report.md", "report.html", "progress.json", "compress.log", "plots",
-         "edge", "edge.partial", "baseline", "prune", "edge_friendly", "finetune", "export", "quantize")
+OWNED = ("config.yaml", "report.json", "report.md", "report.html", PROGRESS, "compress.log", "plots",
+         "edge", "edge.partial", *STAGE_NAMES)
 
 
 def default_run_dir(cfg: "RunConfig") -> Path:
@@ -49,7 +50,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     """An exclusive lock file holding ``pid@host``; a lock whose process is gone is stale and replaced."""
     lock = run_dir / LOCK
     me = f"{os.getpid()}@{socket.gethostname()}"
-    for _ in range(2):
+    while True:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -84,7 +85,7 @@ def prepare_run_dir(run_dir: Path, *, resume: bool = False, force: bool = False)
         raise CompressError(f"run folder {run_dir} is not writable: choose another --out or fix its permissions")
     with run_lock(run_dir):
         finished = (run_dir / "report.json").exists()
-        unfinished = (run_dir / "progress.json").exists()
+        unfinished = (run_dir / PROGRESS).exists()
         if force:
             for name in OWNED:
                 p = run_dir / name

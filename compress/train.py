@@ -87,7 +87,7 @@ def fit(model: "nn.Module", data: "Dataset", recipe: Recipe, *, seed: int, devic
     """Train a copy of ``model`` and return it in eval mode on the CPU.
 
     With ``teacher``, the loss is ``alpha·T²·KL(student/T ‖ teacher/T) + (1-alpha)·CE``.
-    The last ``quant_aware_epochs`` epochs train under :func:`fake_quant_activations`.
+    The last ``quant_aware_epochs`` epochs (all of them, if more) train under :func:`fake_quant_activations`.
     With ``checkpoint``, the state is saved after every epoch and a matching checkpoint is
     resumed from, so an interrupted run loses at most one epoch.
     """
@@ -111,8 +111,8 @@ def fit(model: "nn.Module", data: "Dataset", recipe: Recipe, *, seed: int, devic
     sched = _scheduler(opt, recipe, total_steps)
     head = _head_params(student)
     start_epoch = 0
-    fake_quant = None  # (rounding modules, remover) once quantization-aware epochs begin
-    fake_quant_state = None  # their observed ranges, when resuming inside the quantization-aware epochs
+    rounding, stop_rounding = None, None  # set once quantization-aware epochs begin
+    rounding_state = None  # their observed ranges, when resuming inside the quantization-aware epochs
     if checkpoint is not None and checkpoint.exists():
         state = ckpt.load(checkpoint)
         try:
@@ -122,7 +122,7 @@ def fit(model: "nn.Module", data: "Dataset", recipe: Recipe, *, seed: int, devic
             gen.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])  # dropout masks continue exactly where they stopped
             start_epoch = int(state["epoch"])
-            fake_quant_state = state.get("fake_quant")
+            rounding_state = state.get("fake_quant")
         except (KeyError, RuntimeError, ValueError, TypeError):
             start_epoch = 0  # another model or recipe: start over rather than resume wrongly
             torch.manual_seed(seed)
@@ -137,10 +137,10 @@ def fit(model: "nn.Module", data: "Dataset", recipe: Recipe, *, seed: int, devic
         perm = torch.randperm(n, generator=gen)
         loss_sum, correct, seen = 0.0, 0, 0
         quant_aware = epoch >= recipe.epochs - quant_aware_epochs
-        if quant_aware and fake_quant is None:
-            fake_quant = fake_quant_activations(student)
-            if fake_quant_state is not None:
-                fake_quant[0].load_state_dict(fake_quant_state)
+        if quant_aware and rounding is None:
+            rounding, stop_rounding = fake_quant_activations(student)
+            if rounding_state is not None:
+                rounding.load_state_dict(rounding_state)
         for step in range(steps_per_epoch):
             idx = perm[step * recipe.batch_size:(step + 1) * recipe.batch_size]
             xb = data.train_x[idx]
@@ -172,14 +172,14 @@ def fit(model: "nn.Module", data: "Dataset", recipe: Recipe, *, seed: int, devic
         if checkpoint is not None:
             ckpt.save({"model": student.state_dict(), "optimizer": opt.state_dict(),
                        "scheduler": sched.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                       "epoch": epoch + 1, "fake_quant": fake_quant[0].state_dict() if fake_quant else None},
+                       "epoch": epoch + 1, "fake_quant": rounding.state_dict() if rounding is not None else None},
                       checkpoint)
         if on_epoch:
             on_epoch({"epoch": epoch + 1, "epochs": recipe.epochs, "loss": loss_sum / seen,
                       "train_acc_pct": 100.0 * correct / seen, "seconds": time.perf_counter() - t0,
                       "lr": sched.get_last_lr()[0], "head_only": frozen, "quant_aware": quant_aware})
-    if fake_quant is not None:
-        fake_quant[1]()
+    if stop_rounding is not None:
+        stop_rounding()
     for p in student.parameters():
         p.requires_grad_(True)
     student = student.to("cpu").to(memory_format=torch.contiguous_format)

@@ -133,10 +133,11 @@ def test_finished_run_is_never_overwritten(smoke_run):
     assert (smoke_run / "report.json").read_bytes() == before
 
 
-def test_resume_with_another_config_is_refused(tmp_path):
+def test_resume_with_another_config_is_refused(tmp_path, capsys):
     out = tmp_path / "r"
     out.mkdir()
     (out / "progress.json").write_text("{}")
     (out / "config.yaml").write_text("model: tiny_mobilenet_v3\ndata: digits\n")
     assert main(["run", "tiny_mobilenet_v3", "--data", "digits", "--prune", "0.3", "--out", str(out),
                  "--quiet"]) == 2
+    assert "unfinished run with another config" in capsys.readouterr().err
