@@ -1,29 +1,31 @@
-"""Shared by the benchmark scripts: the environment record, interleaved timing, MAC bounds, CSV and Markdown.
+"""Shared by the benchmark scripts: the environment record, MAC bounds, CSV and Markdown, small contexts.
 
 Every comparison runs its alternatives in one process, interleaved in short blocks with the order reversed
-every other block, so load from other processes falls on all of them alike. Ratios are what to read;
-absolute times move with the machine's load (the environment records how much of the CPU other processes
-took during the run, from /proc/stat minus this process's own CPU time).
+every other block (:func:`compress.measure.interleaved`), so load from other processes falls on all of them
+alike. Ratios are what to read; absolute times move with the machine's load (the environment records how much of
+the CPU other processes took during the run, from /proc/stat minus this process's own CPU time). The CPU itself
+is described by :mod:`compress.host`, as in every run report.
+
+Run the scripts as modules from the repository root: ``python -m benchmarks.NAME``.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import importlib.metadata as md
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from compress.host import cpu_record, library_versions
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout without `pip install -e .`
-    sys.path.insert(0, str(ROOT))
+VERSIONS = ("torch", "torchvision", "onnx", "onnxruntime", "torch-pruning", "numpy", "compress")
 
 # Peak multiply-accumulates per cycle per core, from vector width, assuming two vector ports:
 # FP32: 2 FMA ports × 16 lanes (AVX-512) = 32; INT8: VPDPBUSD does 64 u8×s8 MACs per 512-bit op × 2 ports = 128.
@@ -31,19 +33,6 @@ if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout withou
 # is half of this nominal figure: the "× MAC bound" column is then twice as pessimistic as it reads.
 FP32_MACS_PER_CYCLE = {"avx512": 32, "avx2": 16}
 INT8_MACS_PER_CYCLE = {"avx512": 128, "avx2": 64}
-
-
-def cpuinfo() -> dict[str, str]:
-    out: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if ":" in line:
-                    k, v = (s.strip() for s in line.split(":", 1))
-                    out.setdefault(k, v)
-    except OSError:
-        pass
-    return out
 
 
 def vector_isa(flags: set[str]) -> str:
@@ -75,26 +64,18 @@ def others_cpu_share(env: dict) -> float | None:
 
 
 def environment(threads: list[int]) -> dict[str, Any]:
-    """CPU (model, family, nominal MHz, SIMD flags), cores, threads used, load, library versions."""
-    info = cpuinfo()
-    flags = set(info.get("flags", info.get("Features", "")).split())
-    versions = {}
-    for pkg in ("torch", "torchvision", "onnx", "onnxruntime", "torch-pruning", "numpy", "compress"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    isa = vector_isa(flags)
+    """CPU (model, family, nominal MHz, SIMD flags, from :func:`compress.host.cpu_record`), cores, threads used,
+    load, library versions."""
+    cpu = cpu_record()
+    isa = vector_isa(set(cpu["cpu_flags"]))
     return {
-        "cpu": info.get("model name", platform.processor()), "cpu_family": info.get("cpu family"),
-        "cpu_model": info.get("model"), "cpu_mhz": float(info.get("cpu MHz", "nan")),
-        "simd_flags": sorted(flags & {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-                                      "avx512_bf16", "amx_int8", "asimd", "asimddp", "i8mm"}),
-        "cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu": cpu["cpu"], "cpu_family": cpu["cpu_family"], "cpu_model": cpu["cpu_model"], "cpu_mhz": cpu["cpu_mhz"],
+        "simd_flags": cpu["cpu_flags"], "cores": cpu["cores"], "machine": cpu["machine"],
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "threads_measured": threads, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "loadavg_start": os.getloadavg(), "python": platform.python_version(), "machine": platform.machine(),
-        "versions": versions, "cpu_busy_start": _cpu_busy_seconds(), "own_cpu_start": _own_cpu_seconds(),
-        "wall_start": time.monotonic(),
+        "loadavg_start": os.getloadavg(), "python": platform.python_version(),
+        "versions": library_versions(VERSIONS), "cpu_busy_start": _cpu_busy_seconds(),
+        "own_cpu_start": _own_cpu_seconds(), "wall_start": time.monotonic(),
         "mac_bound_assumption": f"{isa}: FP32 {FP32_MACS_PER_CYCLE[isa]} and INT8 {INT8_MACS_PER_CYCLE[isa]} MAC/cycle/"
                                 "core at the nominal clock (cpu MHz): 2 vector ports × lanes (INT8: VPDPBUSD)",
     }
@@ -115,10 +96,12 @@ def write_results(out: Path, stem: str, md: list[str], rows: list[dict], data: d
     (out / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str))
 
 
-def mac_bound_ms(macs: int, *, int8: bool, threads: int, env: dict) -> float:
-    """The time ``macs`` multiply-accumulates take at the CPU's peak rate: a lower limit for a conv net."""
-    isa = "avx512" if "avx512f" in env["simd_flags"] else "avx2"
-    per_cycle = (INT8_MACS_PER_CYCLE if int8 else FP32_MACS_PER_CYCLE)[isa]
+def mac_bound_ms(macs: int, *, int8: bool, threads: int, env: dict) -> float | None:
+    """The time ``macs`` multiply-accumulates take at the CPU's peak rate: a lower limit for a conv net (None when
+    the CPU states no clock, as on most Arm boards)."""
+    if not env["cpu_mhz"]:
+        return None
+    per_cycle = (INT8_MACS_PER_CYCLE if int8 else FP32_MACS_PER_CYCLE)[vector_isa(set(env["simd_flags"]))]
     return macs / (per_cycle * env["cpu_mhz"] * 1e6 * threads) * 1e3
 
 
@@ -161,8 +144,9 @@ def env_markdown(env: dict) -> str:
                 "meaningful (interleaved)")
     else:
         load = f"other processes used {share:.0%} of the {env['cores']} cores during this run"
-    return (f"CPU: {env['cpu']} (family {env['cpu_family']} model {env['cpu_model']}, {env['cpu_mhz']:.0f} MHz "
-            f"nominal), {env['cores']} cores, SIMD {', '.join(env['simd_flags'])}; threads measured "
+    mhz = f"{env['cpu_mhz']:.0f} MHz nominal" if env["cpu_mhz"] else "clock not stated"
+    return (f"CPU: {env['cpu']} (family {env['cpu_family']} model {env['cpu_model']}, {mhz}), {env['cores']} cores, "
+            f"SIMD {', '.join(env['simd_flags'])}; threads measured "
             f"{env['threads_measured']}; {load}; load average {env['loadavg_start'][0]:.2f} at start, "
             f"{env['loadavg_end'][0]:.2f} at end.  \n"
             f"Python {env['python']}, torch {v['torch']}, torchvision {v['torchvision']}, onnx {v['onnx']}, "
@@ -178,9 +162,9 @@ def random_context(size: int, *, train: int = 64, test: int = 8, classes: int = 
 
     import torch
 
+    from compress.core import Context
     from compress.data import Dataset
     from compress.measure import MeasureConfig
-    from compress.pipeline import Context
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (train + test, 3, size, size), dtype=torch.uint8, generator=g)

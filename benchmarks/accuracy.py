@@ -1,6 +1,6 @@
 """What compress's INT8 choices buy on the default job: accuracy on the full Fashion-MNIST test split and latency.
 
-Runs the default main job (``compress.pipeline.run`` with ``model=mobilenet_v3, int8, prune 0.5``), or reads a
+Runs the default main job (``compress.pipeline.run`` with ``model=mobilenet_v3, quantize, prune 0.5``), or reads a
 finished run folder given as argument, then quantizes the run's FP32 model (``export/model.onnx``) again with:
 
 * ORT's ``quantize_static`` defaults (QDQ, S8S8, per-tensor MinMax, no pre-processing): the copy-paste recipe;
@@ -10,9 +10,9 @@ finished run folder given as argument, then quantizes the run's FP32 model (``ex
 All variants calibrate on the same *training* images; every accuracy is on the full held-out test split; the
 latencies are batch 1, 1 thread, interleaved in one process. Writes benchmarks/results/accuracy[_quick].{csv,md,json}.
 
-    python benchmarks/accuracy.py                    # runs the default job first (~7 min with its baseline cached)
-    python benchmarks/accuracy.py runs/my-run        # reuse a finished run folder (under 1 min)
-    python benchmarks/accuracy.py --quick            # 6,000 training images, short schedules (~1 min)
+    python -m benchmarks.accuracy                    # runs the default job first (~7 min with its baseline cached)
+    python -m benchmarks.accuracy runs/my-run        # reuse a finished run folder (under 1 min)
+    python -m benchmarks.accuracy --quick            # 6,000 training images, short schedules (~1 min)
 """
 
 from __future__ import annotations
@@ -21,17 +21,15 @@ import argparse
 import contextlib
 import dataclasses
 import io
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, env_markdown, environment, finish_environment, md_table,  # noqa: E402
-                     ms, ort_default_int8, write_results)
-from compress.measure import interleaved  # noqa: E402
+from benchmarks._common import (RESULTS, env_markdown, environment, finish_environment, md_table, ms,
+                                ort_default_int8, write_results)
+from compress.measure import interleaved
 
-DEFAULT_JOB = {"model": "mobilenet_v3", "int8": True, "prune": {"ratio": 0.5}}
+DEFAULT_JOB = {"model": "mobilenet_v3", "quantize": {}, "prune": {"ratio": 0.5}}
 QUICK = {"limit_train": 6000, "train": {"epochs": 3}, "finetune": {"epochs": 1},
          "measure": {"warmup_runs": 10, "min_runs": 200, "min_seconds": 0.5, "throughput_seconds": 0.3}}
 
@@ -52,7 +50,7 @@ def run_main_job(run_dir: Path, quick: bool) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", nargs="?", type=Path, help="a finished compress run folder to reuse (skips training)")
     p.add_argument("--quick", action="store_true", help="train on 6,000 images with short schedules (~3 min)")
     p.add_argument("--runs", type=int, default=300, help="interleaved batch-1 runs per variant (default 300)")
@@ -80,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
 def evaluate(run_dir: Path, *, runs: int) -> list[dict]:
     from compress.config import resolve
     from compress.console import library_output_to
-    from compress.data import load_dataset, normalize
+    from compress.core import Context, OnnxModel, run_onnx, session
+    from compress.data import load_dataset
     from compress.errors import CompressError
-    from compress.export import OnnxModel, run_onnx, session
     from compress.measure import MeasureConfig
-    from compress.pipeline import Context
+    from compress.models import preprocessing
     from compress.quantize import Quantize, calibration_images
 
     run_dir = Path(run_dir)
@@ -94,7 +92,8 @@ def evaluate(run_dir: Path, *, runs: int) -> list[dict]:
     cfg = resolve(run_dir / "config.yaml")
     data = load_dataset(cfg.data, input_size=cfg.input_size, seed=cfg.seed, val_fraction=cfg.val_fraction,
                         limit_train=cfg.limit_train, limit_test=None)  # always the full held-out split
-    shipped = cfg.quantize
+    data = data.with_normalization(*preprocessing(cfg.model, cfg.weights))  # as the run fed its model
+    shipped = cfg.quantize or Quantize()  # a run without INT8: the levers start from the default recipe
     variants: list[tuple[str, str, Path | Quantize | None]] = [
         ("fp32", "the run's FP32 ONNX (export step)", fp32_path)]
     if (run_dir / "quantize" / "model.onnx").is_file():
@@ -111,7 +110,7 @@ def evaluate(run_dir: Path, *, runs: int) -> list[dict]:
     ]
     for key, recipe, change in levers:
         variants.append((key, recipe, dataclasses.replace(shipped, speed_check_runs=0, **change)))
-    x = normalize(data.test_x).numpy()
+    x = data.normalize(data.test_x).numpy()
     y = data.test_y.numpy()
     rows, sessions = [], {}
     with tempfile.TemporaryDirectory(prefix="accuracy-") as tmp, library_output_to(Path(tmp) / "log.txt"):
@@ -122,7 +121,7 @@ def evaluate(run_dir: Path, *, runs: int) -> list[dict]:
             with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print their progress
                 if how is None:  # the plain ORT recipe, calibrated on the images compress would use
                     path = ort_default_int8(fp32_path, Path(tmp) / "ort_default.onnx",
-                                            calibration_images(data.train_x, shipped.calibration_size, cfg.seed))
+                                            calibration_images(data, shipped.calibration_size, cfg.seed))
                 elif isinstance(how, Quantize):
                     path = how(OnnxModel(fp32_path), dataclasses.replace(ctx, run_dir=Path(tmp) / key)).path
                 else:

@@ -14,8 +14,8 @@ Per model (ImageNet shapes: 224×224, 1000 classes, random weights: only speed a
 Latency at batch 1 with 1 thread and with all cores (median, p90), throughput at batch 32 with all cores,
 all interleaved. Writes benchmarks/results/compare_recipes[_quick].{csv,md,json}.
 
-    python benchmarks/compare_recipes.py            # 4 models, ~10 min on 2 cores
-    python benchmarks/compare_recipes.py --quick    # mobilenet_v3_small only, ~1 min
+    python -m benchmarks.compare_recipes            # 4 models, ~10 min on 2 cores
+    python -m benchmarks.compare_recipes --quick    # mobilenet_v3_small only, ~1 min
 """
 
 from __future__ import annotations
@@ -25,15 +25,13 @@ import dataclasses
 import io
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, env_markdown, environment, finish_environment,  # noqa: E402
-                     mac_bound_ms, md_table, ms, ort_default_int8, random_context, write_results)
-from compress.measure import interleaved  # noqa: E402
+from benchmarks._common import (RESULTS, env_markdown, environment, finish_environment, mac_bound_ms, md_table, ms,
+                                ort_default_int8, random_context, write_results)
+from compress.measure import interleaved
 
 MODELS = ["mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v2", "efficientnet_b0"]
 VARIANTS = {
@@ -51,7 +49,6 @@ def build(name: str, work: Path, *, size: int, calib: int, log) -> dict[str, dic
     """Every variant of ``name``: ``{variant: {"kind": "torch"|"onnx", "model": ..., "int8": bool}}``."""
     import torch
 
-    from compress.data import normalize
     from compress.edge_friendly import EdgeFriendly
     from compress.export import Export
     from compress.models import create_model
@@ -69,7 +66,7 @@ def build(name: str, work: Path, *, size: int, calib: int, log) -> dict[str, dic
     t = time.perf_counter()
     fp32 = Export(parity_images=4)(net, ctx("plain"))
     out["onnx_fp32"] = {"kind": "onnx", "model": fp32.path, "int8": False}
-    calib_x = normalize(base.data.train_x).numpy()
+    calib_x = base.data.normalize(base.data.train_x).numpy()
     out["ort_int8"] = {"kind": "onnx", "model": ort_default_int8(fp32.path, work / "ort_default_int8.onnx", calib_x),
                        "int8": True}
     c = ctx("compress_int8")
@@ -85,7 +82,7 @@ def build(name: str, work: Path, *, size: int, calib: int, log) -> dict[str, dic
     out["pruned_int8"] = {"kind": "onnx", "model": Quantize(calibration_size=calib, speed_check_runs=0)(pfp32, c).path,
                           "int8": True, "notes": c.notes.get("quantize", {})}
     c = ctx("edge")
-    edge = EdgeFriendly(enabled=True)(net, c)
+    edge = EdgeFriendly()(net, c)
     if c.notes["edge_friendly"]["activations_swapped"]:
         edge = Prune(ratio=0.5)(edge, c)
         efp32 = Export(parity_images=4)(edge, c)
@@ -99,7 +96,7 @@ def runner(v: dict, threads: int):
     """``infer(x)`` for one variant at ``threads`` threads."""
     import torch
 
-    from compress.export import session
+    from compress.core import session
 
     if v["kind"] == "torch":
         model = v["model"]
@@ -141,9 +138,9 @@ def measure(variants: dict[str, dict], *, size: int, runs: int, tput_seconds: fl
         for k, t in times.items():
             rows[k][f"latency_ms_median_{threads}t"] = ms(t, 0.5)
             rows[k][f"latency_ms_p90_{threads}t"] = ms(t, 0.9)
-            rows[k][f"mac_bound_ms_{threads}t"] = mac_bound_ms(rows[k]["macs"], int8=variants[k]["int8"],
-                                                               threads=threads, env=env)
-            rows[k][f"x_mac_bound_{threads}t"] = rows[k][f"latency_ms_median_{threads}t"] / rows[k][f"mac_bound_ms_{threads}t"]
+            bound = mac_bound_ms(rows[k]["macs"], int8=variants[k]["int8"], threads=threads, env=env)
+            rows[k][f"mac_bound_ms_{threads}t"] = bound
+            rows[k][f"x_mac_bound_{threads}t"] = rows[k][f"latency_ms_median_{threads}t"] / bound if bound else None
         if threads == all_threads:  # throughput: rounds of short windows, taking turns, median per variant
             ips: dict[str, list[float]] = {k: [] for k in fns}
             for r in range(4):
@@ -185,7 +182,7 @@ TARGETS = {"pruned vs unpruned (FP32 ONNX)": 2.0, "pruned+INT8 vs FP32 ONNX": 3.
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compare_recipes", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="mobilenet_v3_small only, fewer runs (~1 min)")
     p.add_argument("--models", nargs="+", choices=MODELS, help=f"default: all of {', '.join(MODELS)}")
     p.add_argument("--runs", type=int, help="batch-1 runs per variant and thread count (default 100; quick 30); "
@@ -220,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 absolute.append([name, k, f"{v['latency_ms_median_1t']:.2f} / {v['latency_ms_p90_1t']:.2f}",
                                  f"{v[f'latency_ms_median_{all_threads}t']:.2f} / {v[f'latency_ms_p90_{all_threads}t']:.2f}",
                                  v[f"throughput_ips_b32_{all_threads}t"], f"{v['size_bytes'] / 1e6:.2f}",
-                                 f"{v['macs'] / 1e6:.0f}", f"{v['mac_bound_ms_1t']:.3f}", v["x_mac_bound_1t"]])
+                                 f"{v['macs'] / 1e6:.0f}", _ms3(v["mac_bound_ms_1t"]), v["x_mac_bound_1t"]])
             q1, qn = ratios(r, 1), ratios(r, all_threads)
             table.append([name] + list(q1.values()))
             table_n.append([name] + list(qn.values()))
@@ -243,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     write_results(a.out, f"compare_recipes{suffix}", md, rows, {"environment": env, "rows": rows})
     log(f"wrote {a.out / f'compare_recipes{suffix}.md'} ({env['seconds']} s)")
     return 0
+
+
+def _ms3(v: float | None) -> str | None:
+    return None if v is None else f"{v:.3f}"
 
 
 def ratio_headers() -> list[str]:

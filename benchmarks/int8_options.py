@@ -8,8 +8,8 @@ kernel rewrites one at a time. Each variant's speed-up over the FP32 model is me
 ONNX Runtime's profiler then splits FP32, ORT-U8S8 and compress time by op type.
 Writes benchmarks/results/int8_options[_quick].{csv,md,json}.
 
-    python benchmarks/int8_options.py           # ~8 min on 2 cores
-    python benchmarks/int8_options.py --quick   # small only, fewer runs (~3 min)
+    python -m benchmarks.int8_options           # ~8 min on 2 cores
+    python -m benchmarks.int8_options --quick   # small only, fewer runs (~3 min)
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ import contextlib
 import dataclasses
 import io
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, env_markdown, environment, finish_environment, md_table,  # noqa: E402
-                     ort_default_int8, random_context, write_results)
+from benchmarks._common import (RESULTS, env_markdown, environment, finish_environment, md_table, ort_default_int8,
+                                random_context, write_results)
+from compress.measure import interleaved
 
 U8 = {"activation": "uint8"}
 VARIANTS = [  # (key, what, how)
@@ -61,8 +60,9 @@ def quantize_variant(fp32: Path, out: Path, how: dict, calib, ctx) -> Path:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from compress.export import OnnxModel
-    from compress.quantize import Quantize, calibration_reader, hardsigmoid_as_clip, pad_depthwise_channels, pad_stem_input
+    from compress.core import OnnxModel
+    from compress.quantize import Quantize, calibration_reader
+    from compress.rewrites import hardsigmoid_as_clip, pad_depthwise_channels, pad_stem_input
 
     if how.get("ort_default"):
         return ort_default_int8(fp32, out, calib)
@@ -107,24 +107,21 @@ def session(path: Path, level: str = "all"):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def timed(sessions: dict, x, runs: int, block: int = 5) -> dict[str, tuple[float, float]]:
-    """``{key: (wall ms median, thread CPU ms median)}``, interleaved in blocks, order reversed every other block."""
+def timed(sessions: dict, x, runs: int) -> dict[str, tuple[float, float]]:
+    """``{key: (wall ms median, thread CPU ms median)}`` from :func:`compress.measure.interleaved` (blocks taking
+    turns, order reversed every other block); each call also records this thread's CPU time."""
     import numpy as np
 
-    for s in sessions.values():
-        for _ in range(10):
-            s.run(None, {"input": x})
-    wall: dict = {k: [] for k in sessions}
     cpu: dict = {k: [] for k in sessions}
-    keys = list(sessions)
-    for r in range(-(-runs // block)):
-        for k in (keys if r % 2 == 0 else keys[::-1]):
-            for _ in range(block):
-                t0, c0 = time.perf_counter(), time.thread_time()
-                sessions[k].run(None, {"input": x})
-                cpu[k].append(time.thread_time() - c0)
-                wall[k].append(time.perf_counter() - t0)
-    return {k: (float(np.median(wall[k])) * 1e3, float(np.median(cpu[k])) * 1e3) for k in keys}
+
+    def call(k):
+        c0 = time.thread_time()
+        sessions[k].run(None, {"input": x})
+        cpu[k].append(time.thread_time() - c0)
+
+    wall = interleaved({k: (lambda k=k: call(k)) for k in sessions}, runs=runs)
+    cpu = {k: v[-len(wall[k]):] for k, v in cpu.items()}  # the timed calls, not the warm-up
+    return {k: (float(np.median(wall[k])) * 1e3, float(np.median(cpu[k])) * 1e3) for k in sessions}
 
 
 def profile_by_op(path: Path, x, runs: int, prefix: str) -> dict[str, float]:
@@ -167,11 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from compress.console import library_output_to
-    from compress.data import normalize
     from compress.export import Export
     from compress.models import create_model
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.int8_options", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="mobilenet_v3_small only, 100 runs (~3 min)")
     p.add_argument("--runs", type=int, help="interleaved runs per variant (default 300; quick 100)")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -191,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             net = create_model(name, num_classes=1000, weights="none")[0].eval()
             with library_output_to(tmp / "log.txt"), contextlib.redirect_stdout(io.StringIO()):
                 fp32 = Export(parity_images=2)(net, ctx).path
-                calib = normalize(ctx.data.train_x).numpy()
+                calib = ctx.data.normalize(ctx.data.train_x).numpy()
                 paths = {"fp32": fp32}
                 for key, _, how in VARIANTS:
                     paths[key] = quantize_variant(fp32, tmp / name / f"{key}.onnx", how, calib, ctx)

@@ -6,31 +6,28 @@ point of a ratio is its export step, the INT8 point its quantize step (accuracy 
 run's report). Latencies are then re-measured for all of them together, batch 1, 1 thread, interleaved in one
 process. Writes benchmarks/results/sweep[_quick].{csv,md,json} and sweep[_quick]_{latency,size}.png.
 
-    python benchmarks/sweep.py                        # 6 fine-tune epochs per ratio (~10 min with a cached baseline)
-    python benchmarks/sweep.py --finetune-epochs 12   # the default job's recovery schedule (~16 min)
-    python benchmarks/sweep.py --quick                # 6,000 training images, short schedules (~3 min)
+    python -m benchmarks.sweep                        # 6 fine-tune epochs per ratio (~10 min with a cached baseline)
+    python -m benchmarks.sweep --finetune-epochs 12   # the default job's recovery schedule (~16 min)
+    python -m benchmarks.sweep --quick                # 6,000 training images, short schedules (~3 min)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, env_markdown, environment, finish_environment, md_table,  # noqa: E402
-                     ms, write_results)
-from compress.measure import interleaved  # noqa: E402
-from accuracy import DEFAULT_JOB, QUICK  # noqa: E402
+from benchmarks._common import RESULTS, env_markdown, environment, finish_environment, md_table, ms, write_results
+from benchmarks.accuracy import DEFAULT_JOB, QUICK
+from compress.measure import interleaved
 
 # Latency is re-measured interleaved at the end, so the per-step measurement only needs to be short.
 SHORT_MEASURE = {"warmup_runs": 10, "min_runs": 100, "min_seconds": 0.3, "throughput_seconds": 0.3}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.7])
     p.add_argument("--finetune-epochs", type=int, help="recovery epochs per pruned run (default 6; quick 1)")
     p.add_argument("--quick", action="store_true", help="6,000 training images and short schedules (~3 min)")
@@ -39,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     from compress.config import merge, resolve
+    from compress.core import session
     from compress.errors import CompressError
-    from compress.export import session
     from compress.pipeline import run
-    from compress.report import RunReport
+    from compress.records import RunReport
 
     if any(not 0 <= r < 1 for r in a.ratios):
         raise CompressError("prune ratios must be in [0, 1)")
@@ -68,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"prune {ratio:g}: done in {time.perf_counter() - t:.0f} s", flush=True)
         for step, precision in (("export", "fp32"), ("quantize", "int8")):
             s = report.step(step)
-            points.append({"prune_ratio": ratio, "precision": precision, "top1_pct": s.metrics["top1_pct"],
-                           "size_bytes": s.metrics["size_bytes"], "params": s.metrics["params"],
-                           "macs": s.metrics["macs"], "test_images": report.dataset["test_images"],
+            points.append({"prune_ratio": ratio, "precision": precision, "top1_pct": s.metrics.top1_pct,
+                           "size_bytes": s.metrics.size_bytes, "params": s.metrics.params,
+                           "macs": s.metrics.macs, "test_images": report.dataset["test_images"],
                            "model": str(run_dir / s.artifact), "quantize_notes": json.dumps(s.notes)
                            if step == "quantize" else ""})
     sessions = {i: session(Path(pt["model"]), 1) for i, pt in enumerate(points)}

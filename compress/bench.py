@@ -24,13 +24,15 @@ def bench(target: Path, *, threads: int = 1, power_watts: float | None = None, m
 
     from compress.bundle import verify_bundle
     from compress.energy import EnergyMeter
-    from compress.export import OnnxModel, check_onnx
+    from compress.core import OnnxModel, check_onnx
     from compress.measure import MeasureConfig, latency_loop, onnx_runner, throughput
-    from compress.report import _cpu_name
+    from compress.host import cpu_name
 
     target = Path(target)
     if threads < 1:
         raise CompressError(f"--threads must be at least 1, got {threads}")
+    if not target.exists():
+        raise CompressError(f"{target} does not exist: give a bundle folder (RUN_DIR/edge) or a .onnx file")
     if target.is_dir():
         verify_bundle(target)
         model_path = target / "model.onnx"
@@ -52,7 +54,7 @@ def bench(target: Path, *, threads: int = 1, power_watts: float | None = None, m
     q = np.quantile(np.asarray(times), [0.5, 0.9]) * 1e3
     return {
         "schema_version": 1, "kind": "bench", "model": str(model_path),
-        "environment": {"machine": platform.machine(), "cpu": _cpu_name(), "python": platform.python_version(),
+        "environment": {"machine": platform.machine(), "cpu": cpu_name(), "python": platform.python_version(),
                         "onnxruntime": onnxruntime.__version__, "threads": threads},
         "metrics": {
             "latency_ms_median": float(q[0]), "latency_ms_p90": float(q[1]), "latency_batch": 1,

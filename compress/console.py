@@ -9,34 +9,32 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from compress.report import RunReport, StepReport
 
-STEP_TITLES = {
-    "baseline": "training the baseline", "prune": "pruning", "edge_friendly": "edge-friendly swap",
-    "finetune": "recovery fine-tuning", "export": "exporting to ONNX", "quantize": "INT8 quantization",
-}
-
-
 def step_table(report: "RunReport"):
-    """A compact rich Table of the steps so far: values, and ratios against the baseline."""
+    """A compact rich Table of the steps so far: values, and changes against each step's reference."""
     from rich.table import Table
 
-    from compress.report import fmt_bytes, fmt_count, fmt_energy
+    from compress.render import COLUMNS, step_cells, step_label
 
-    t = Table(title=f"{report.model} on {report.dataset['name']}", title_justify="left", pad_edge=False)
-    for name, justify in [("step", "left"), ("top-1 %", "right"), ("Δ pt", "right"), ("size", "right"),
-                          ("smaller", "right"), ("MACs", "right"), ("p50 / p90 ms", "right"), ("faster", "right"),
-                          ("img/s", "right"), ("energy/inf", "right")]:
-        t.add_column(name, justify=justify, no_wrap=True)
-    if not report.steps:
-        return t
-    b = report.steps[0].metrics
+    t = Table(title=f"{report.model} on {report.dataset['name']}", title_justify="left", pad_edge=False,
+              caption="changes: accuracy vs the baseline; ONNX steps vs the baseline's FP32 ONNX export, torch steps "
+                      "vs the baseline in eager", caption_justify="left")
+    t.add_column("step", justify="left", no_wrap=True)
+    for col in COLUMNS:
+        if col.key == "params":
+            continue
+        t.add_column(col.header, justify="right", no_wrap=True)
+    skip = [i for i, col in enumerate(COLUMNS) if col.key == "params"]
     for s in report.steps:
-        m = s.metrics
-        t.add_row(s.step, f"{m['top1_pct']:.2f}", f"{m['top1_pct'] - b['top1_pct']:+.2f}", fmt_bytes(m["size_bytes"]),
-                  f"{b['size_bytes'] / m['size_bytes']:.1f}×", fmt_count(m["macs"]),
-                  f"{m['latency_ms_median']:.3f} / {m['latency_ms_p90']:.3f}",
-                  f"{b['latency_ms_median'] / m['latency_ms_median']:.2f}×", f"{m['throughput_ips']:,.0f}",
-                  fmt_energy(m["energy_per_inference_j"]))
+        cells = [c for i, c in enumerate(step_cells(report, s)) if i not in skip]
+        t.add_row(step_label(s), *[_rich_cell(c) for c in cells])
     return t
+
+
+def _rich_cell(c) -> str:
+    from rich.markup import escape
+
+    color = {"good": "green", "bad": "red"}.get(c.tone, "dim")
+    return escape(c.text) + (f"\n[{color}]{escape(c.delta)}[/]" if c.delta else "")
 
 
 class Progress:
@@ -53,6 +51,7 @@ class Progress:
         self._task_name = None
         self._report = None
         self._step = ""
+        self._done = 0
 
     # -- lifecycle
     def __enter__(self) -> "Progress":
@@ -82,10 +81,10 @@ class Progress:
             print(text, file=self.stream, flush=True)
 
     # -- hooks
-    def step_started(self, step: str) -> None:
+    def step_started(self, step: str, title: str) -> None:
         self._step = step
-        self._plain(f"[{step}] {STEP_TITLES.get(step, step)} ...")
-        self._set_task(f"{step}: {STEP_TITLES.get(step, step)}", None)
+        self._plain(f"[{step}] {title} ...")
+        self._set_task(f"{step}: {title}", None)
 
     def resumed(self, steps: list[str]) -> None:
         msg = f"resuming: {', '.join(steps)} already done and verified (sha256)"
@@ -118,15 +117,18 @@ class Progress:
         if self._bar is None:
             return
         name = f"{self._step}: {task}"
-        if self._task_name != name:
+        if self._task_name != name or done < self._done:
+            # A new task, or the same one starting over (the next epoch): a fresh bar, so the time-left estimate
+            # is never computed across a counter that went backwards (it read "0:00:00" mid-epoch).
             self._set_task(name, total)
+        self._done = done
         self._bar.update(self._task, completed=min(done, total), total=total)
 
     def step_done(self, step: "StepReport", report: "RunReport") -> None:
         self._report = report
         m = step.metrics
-        self._plain(f"[{step.step}] done: top-1 {m['top1_pct']:.2f}%, {m['size_bytes']:,} bytes, "
-                    f"{m['latency_ms_median']:.3f} ms at batch 1")
+        self._plain(f"[{step.step}] done: top-1 {m.top1_pct:.2f}%, {m.size_bytes:,} bytes, "
+                    f"{m.latency_ms_median:.3f} ms at batch 1 ({m.runtime})" + (" (cached)" if step.cache_hit else ""))
         self._render()
 
     def _set_task(self, name: str, total: int | None) -> None:
@@ -136,18 +138,26 @@ class Progress:
             self._bar.remove_task(self._task)
         self._task = self._bar.add_task(name, total=total)
         self._task_name = name
+        self._done = 0
 
 
 def print_summary(report: "RunReport", run_dir: Any, stream=None) -> None:
-    """The final table and where things are, for a TTY or a pipe alike."""
-    from rich.console import Console
+    """The final table and where things are. On a terminal, a rich table; anywhere else (a file, a pipe, a CI
+    log), the Markdown table of report.md, which is complete at any width."""
+    from compress.render import TABLE_HEADERS, headline, markdown_table, ratio_note, table_rows
 
-    from compress.report import verdict
+    stream = stream or sys.stdout
+    if stream.isatty():
+        from rich.console import Console
 
-    console = Console(file=stream or sys.stdout, highlight=False)
-    console.print(step_table(report))
-    console.print(verdict(report).replace("**", ""))
-    console.print(f"Run folder: {run_dir}  (report.md, report.json, edge/)")
+        console = Console(file=stream, highlight=False)
+        console.print(step_table(report))
+        console.print(headline(report).replace("**", ""))
+        console.print(f"Run folder: {run_dir}  (report.md, report.html, report.json, edge/)")
+        return
+    print(markdown_table(TABLE_HEADERS, table_rows(report)), file=stream)
+    print(f"\n{ratio_note(report)}\n\n{headline(report).replace('**', '')}", file=stream)
+    print(f"Run folder: {run_dir}  (report.md, report.html, report.json, edge/)", file=stream, flush=True)
 
 
 class library_output_to:

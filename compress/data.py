@@ -3,12 +3,14 @@
 Every data set is loaded once into memory as uint8 tensors of shape ``[N, 3, H, W]``, already
 resized with PIL's bilinear filter to the configured input size. That is exactly the
 preprocessing the edge bundle documents (``edge_demo/BUNDLE.md``), so accuracy measured here
-is what a device that follows ``preprocess.json`` sees. Normalisation (mean/std) is applied
-per batch, in float, by :func:`normalize`.
+is what a device that follows ``preprocess.json`` sees. Image files are turned upright by their
+EXIF orientation first, as the web page and the Pi runner do. Normalisation (mean/std) is
+applied per batch, in float, by :func:`normalize`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import struct
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from compress.core import cache_dir
 from compress.errors import CompressError
 
 if TYPE_CHECKING:
@@ -48,6 +51,22 @@ class Dataset:
     test_y: "torch.Tensor"
     source: str  # where the files came from, for the report
     fingerprint: str = field(default="")  # content hash, part of the baseline cache key
+    mean: tuple[float, float, float] = MEAN  # per-channel normalisation the model's weights expect
+    std: tuple[float, float, float] = STD
+
+    def normalize(self, x_uint8: "torch.Tensor") -> "torch.Tensor":
+        """uint8 ``[N,3,H,W]`` → float32 normalised with this data set's mean and std."""
+        return normalize(x_uint8, self.mean, self.std)
+
+    def batches(self, x: "torch.Tensor", y: "torch.Tensor", batch_size: int
+                ) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+        """Normalised float batches in order (evaluation, calibration)."""
+        for i in range(0, x.shape[0], batch_size):
+            yield self.normalize(x[i:i + batch_size]), y[i:i + batch_size]
+
+    def with_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]) -> "Dataset":
+        """The same images, normalised as a model with other pretrained statistics expects."""
+        return dataclasses.replace(self, mean=tuple(mean), std=tuple(std))
 
     @property
     def input_size(self) -> int:
@@ -58,7 +77,7 @@ class Dataset:
         return {
             "input_name": "input", "output_name": "logits", "layout": "NCHW", "dtype": "float32",
             "height": self.input_size, "width": self.input_size, "resize": "bilinear", "color": "RGB",
-            "scale": 1 / 255, "mean": list(MEAN), "std": list(STD),
+            "scale": 1 / 255, "mean": list(self.mean), "std": list(self.std),
         }
 
     def summary(self) -> dict:
@@ -69,19 +88,13 @@ class Dataset:
         }
 
 
-def normalize(x_uint8: "torch.Tensor") -> "torch.Tensor":
-    """uint8 ``[N,3,H,W]`` → float32 normalised with :data:`MEAN`/:data:`STD`."""
+def normalize(x_uint8: "torch.Tensor", mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> "torch.Tensor":
+    """uint8 ``[N,3,H,W]`` → float32, scaled to [0, 1] then normalised per channel."""
     import torch
 
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (x_uint8.float() / 255.0 - mean) / std
-
-
-def batches(x: "torch.Tensor", y: "torch.Tensor", batch_size: int) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
-    """Normalised float batches in order (evaluation, calibration)."""
-    for i in range(0, x.shape[0], batch_size):
-        yield normalize(x[i:i + batch_size]), y[i:i + batch_size]
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (x_uint8.float() / 255.0 - m) / s
 
 
 def resize_images(images: "np.ndarray", size: int) -> "torch.Tensor":
@@ -225,8 +238,6 @@ def _cifar10_arrays():
 
 
 def _data_cache() -> Path:
-    from compress.pipeline import cache_dir
-
     return cache_dir() / "data"
 
 
@@ -278,11 +289,20 @@ def _image_folder(path: Path, *, input_size: int, seed: int, val_fraction: float
 
 
 def _class_files(root: Path, min_classes: int = 2) -> tuple[dict[str, list[Path]], list[str]]:
+    """Image files of each class subfolder of ``root``. A class folder without images is an error:
+    dropping it would silently train a model with one class fewer than the folders show."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files = {c: sorted(f for f in (root / c).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) for c in classes}
-    files = {c: fs for c, fs in files.items() if fs}
+    files = {c: sorted(f for f in (root / c).rglob("*")
+                       if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file())
+             for c in classes}
     if not files:
         raise CompressError(f"no images found in {root}: put images (.png, .jpg, ...) in one subfolder per class")
+    empty = [c for c, fs in files.items() if not fs]
+    if empty:
+        raise CompressError(f"class folder{'s' if len(empty) > 1 else ''} "
+                            f"{', '.join(str(root / c) for c in empty)} "
+                            f"{'hold' if len(empty) > 1 else 'holds'} no images "
+                            f"({', '.join(sorted(IMAGE_SUFFIXES))}): add images or remove the folder")
     if len(files) < min_classes:
         raise CompressError(f"{root} has only one class ({next(iter(files))!r}): a classifier needs at least two "
                             "class subfolders")
@@ -290,15 +310,17 @@ def _class_files(root: Path, min_classes: int = 2) -> tuple[dict[str, list[Path]
 
 
 def _read_images(files: list[Path], input_size: int) -> "np.ndarray":
-    """Decode and resize every image to ``input_size`` RGB; a bad file is named in the error."""
+    """Decode, turn upright by EXIF orientation (as browsers and the Pi runner do: a portrait phone
+    photo is stored sideways with an Orientation tag) and resize every image to ``input_size`` RGB;
+    a bad file is named in the error."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     out = np.empty((len(files), input_size, input_size, 3), dtype=np.uint8)
     for i, f in enumerate(files):
         try:
             with Image.open(f) as im:
-                im = im.convert("RGB")
+                im = ImageOps.exif_transpose(im).convert("RGB")
                 if im.size != (input_size, input_size):
                     im = im.resize((input_size, input_size), Image.BILINEAR)
                 out[i] = np.asarray(im)

@@ -19,22 +19,23 @@ from compress.errors import CompressError
 if TYPE_CHECKING:
     import torch.nn as nn
 
-    from compress.pipeline import Context
+    from compress.core import Context
 
 
 @dataclass(frozen=True, kw_only=True)
 class EdgeFriendly:
     """Swap hardswish/SiLU for ReLU (and optionally drop the SE blocks).
 
-    >>> friendly = EdgeFriendly(enabled=True, remove_se=True)(model, ctx)  # doctest: +SKIP
+    >>> friendly = EdgeFriendly(remove_se=True)(model, ctx)  # doctest: +SKIP
     """
 
-    enabled: bool = False
     activation: str = "relu"  # relu | relu6
     remove_se: bool = False  # also replace squeeze-and-excitation blocks by identity
 
-    accepts = "torch"
     name = "edge_friendly"
+    title = "edge-friendly swap"
+    accepts = "torch"
+    produces = "torch"
 
     def check(self) -> None:
         if self.activation not in ("relu", "relu6"):

@@ -38,6 +38,38 @@ class Reading:
     method: str = "n/a"
 
 
+def countries() -> dict[str, str]:
+    """codecarbon's carbon-intensity table: ISO 3166 alpha-3 code → country name (empty if it cannot be read).
+
+    Read from codecarbon's package data without importing codecarbon (which imports pandas), so a bad
+    ``--country`` is refused before any work starts. A code outside this table would make codecarbon fall
+    back to the world average without saying so.
+    """
+    import importlib.util
+    import json
+
+    spec = importlib.util.find_spec("codecarbon")
+    if spec is None or spec.origin is None:
+        return {}
+    table = Path(spec.origin).parent / "data" / "private_infra" / "global_energy_mix.json"
+    try:
+        data = json.loads(table.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {code: str(row.get("country_name", code)) for code, row in data.items()
+            if isinstance(row, dict) and row.get("carbon_intensity") is not None}
+
+
+def country_problem(country: str) -> str | None:
+    """Why ``country`` cannot be used for the carbon intensity, or None when codecarbon knows it."""
+    known = countries()
+    if country in known or (not known and len(country) == 3 and country.isalpha() and country.isupper()):
+        return None
+    hint = f": codes are upper case, like {country.upper()}" if country.upper() in known else ""
+    return (f"country {country!r} is not an ISO 3166 alpha-3 code in codecarbon's carbon-intensity table{hint} "
+            f"(such as USA, FRA or DEU; `compress list --countries` shows all {len(known) or 'of them'})")
+
+
 def rapl_domains() -> list[Path]:
     """Readable top-level RAPL package counters (``intel-rapl:N/energy_uj``; AMD exposes the same)."""
     if not POWERCAP.is_dir():

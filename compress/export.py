@@ -7,59 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from compress.checkpoint import atomic_write
+from compress.core import OnnxModel, check_onnx, run_onnx, session
 from compress.errors import CompressError
 
 if TYPE_CHECKING:
-    import numpy as np
-    import onnxruntime as ort
     import torch.nn as nn
 
-    from compress.pipeline import Context
+    from compress.core import Context
 
 OPSET = 17  # supported by onnxruntime ≥ 1.12, onnxruntime-web and ORT Mobile; QDQ per-channel needs ≥ 13
-
-
-@dataclass(frozen=True)
-class OnnxModel:
-    """An ONNX model file on disk: the second kind of model a stage can take or return."""
-
-    path: Path
-
-    def session(self, threads: int = 1) -> "ort.InferenceSession":
-        return session(self.path, threads)
-
-
-def session(path: Path, threads: int = 1) -> "ort.InferenceSession":
-    """An ORT CPU session with the thread count pinned (intra-op ``threads``, inter-op 1)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
-        raise CompressError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0][:160]}") from None
-
-
-def check_onnx(path: Path) -> None:
-    """``onnx.checker`` with a one-line error: every ONNX input passes it before use."""
-    import onnx
-
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as e:  # checker raises ValidationError, DecodeError, OSError, ...
-        raise CompressError(f"{path} is not a valid ONNX model ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:120] if str(e) else 'unreadable'}): re-export it") from None
-
-
-def run_onnx(sess: "ort.InferenceSession", x: "np.ndarray", batch_size: int = 500) -> "np.ndarray":
-    import numpy as np
-
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,8 +32,10 @@ class Export:
     atol: float = 1e-3  # FP32 kernels differ in summation order; measured diffs are ~1e-5
     parity_images: int = 256
 
-    accepts = "torch"
     name = "export"
+    title = "exporting to ONNX"
+    accepts = "torch"
+    produces = "onnx"
 
     def check(self) -> None:
         if not 13 <= self.opset <= 21:
@@ -85,16 +44,16 @@ class Export:
             raise CompressError("export atol must be positive and parity_images at least 1")
 
     def __call__(self, model: "nn.Module", ctx: "Context") -> OnnxModel:
+        return self.write(model, ctx, ctx.artifact(self.name, "model.onnx"), step=self.name)
+
+    def write(self, model: "nn.Module", ctx: "Context", path: Path, *, step: str) -> OnnxModel:
+        """Export ``model`` to ``path`` and check parity; details go into ``step``'s notes."""
         import numpy as np
         import torch
-
-        from compress.checkpoint import atomic_write
-        from compress.data import normalize
 
         self.check()
         model = model.eval()
         size = ctx.data.input_size
-        path = ctx.artifact(self.name, "model.onnx")
 
         def write(tmp: Path) -> None:
             with warnings.catch_warnings():
@@ -107,13 +66,13 @@ class Export:
             check_onnx(tmp)
 
         atomic_write(path, write)
-        x = normalize(ctx.data.test_x[:self.parity_images])
+        x = ctx.data.normalize(ctx.data.test_x[:self.parity_images])
         with torch.inference_mode():
             ref = model(x).numpy()
         got = run_onnx(session(path, ctx.threads), x.numpy())
         diff = float(np.abs(got - ref).max())
         limit = self.atol * max(1.0, float(np.abs(ref).max()))
-        ctx.note(self.name, parity_max_abs_diff=diff, parity_limit=limit, parity_images=len(x),
+        ctx.note(step, parity_max_abs_diff=diff, parity_limit=limit, parity_images=len(x),
                  parity_atol=self.atol, opset=self.opset)
         if not diff <= limit:
             path.unlink(missing_ok=True)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from compress.errors import CompressError
-from compress.train import SCHEDULES, Distill, Recipe, fit
+from compress.recipe import SCHEDULES, Distill, Recipe
+from compress.train import fit
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
-    from compress.pipeline import Context
+    from compress.core import Context
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,8 +34,10 @@ class Finetune:
     alpha: float = 0.7  # weight of the distillation loss against the hard-label loss
     quant_aware_epochs: int = 4  # with --int8, the last epochs (all, if fewer) train with INT8-rounded activations
 
-    accepts = "torch"
     name = "finetune"
+    title = "recovery fine-tuning"
+    accepts = "torch"
+    produces = "torch"
 
     def check(self) -> None:
         if self.epochs < 1:
@@ -54,7 +58,10 @@ class Finetune:
     def __call__(self, model: "nn.Module", ctx: "Context") -> "nn.Module":
         self.check()
         teacher = ctx.teacher if self.distill else None
-        return fit(model, ctx.data, self.recipe(), seed=ctx.seed + 1, device=ctx.device, teacher=teacher,
+        # Recovery starts from trained weights but changes every layer: adapt batch and LR to the data size only.
+        recipe, why = self.recipe().adapted(train_images=int(ctx.data.train_x.shape[0]), pretrained=False)
+        ctx.note(self.name, recipe=dataclasses.asdict(recipe), recipe_adapted=why)
+        return fit(model, ctx.data, recipe, seed=ctx.seed + 1, device=ctx.device, teacher=teacher,
                    distill=Distill(temperature=self.temperature, alpha=self.alpha) if teacher is not None else None,
                    on_epoch=ctx.epoch_done, on_batch=ctx.batch_done, checkpoint=ctx.checkpoint(self.name),
-                   quant_aware_epochs=self.quant_aware_epochs)
+                   quant_aware_epochs=self.quant_aware_epochs, on_warning=lambda msg: ctx.warn(self.name, msg))

@@ -1,10 +1,10 @@
 """``report.html``: one self-contained page a person would rather look at than read, plus the figures as PNGs.
 
-Everything on the page comes from the :class:`~compress.report.RunReport` (that is, from report.json);
-nothing is measured while rendering. The page has no external resource of any kind (figures are
-base64 PNGs, the CSS is inline, fonts are the reader's system fonts), and its Content-Security-Policy
-forbids loading one, so it can be mailed, archived, or opened offline. The figures are also written to
-``plots/*.png`` for slides.
+The page is a Jinja2 template (``compress/templates/report.html.j2``, styles in ``style.css``), filled from the
+:class:`~compress.records.RunReport` alone: nothing is measured while rendering, and every number's text comes
+from :mod:`compress.render`, as in report.md and the terminal. The page has no external resource (figures are
+base64 PNGs, the CSS is inline, fonts are the reader's system fonts), and its Content-Security-Policy forbids
+loading one, so it can be mailed, archived, or opened offline. The figures are also written to ``plots/*.png``.
 
 >>> write_html(RunReport.load("runs/fmnist"), Path("runs/fmnist"))  # doctest: +SKIP
 PosixPath('runs/fmnist/report.html')
@@ -18,12 +18,13 @@ import re
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from compress.checkpoint import atomic_write
 from compress.errors import CompressError
-
-if TYPE_CHECKING:
-    from compress.report import RunReport, StepReport
+from compress.records import RunReport, chance_pct
+from compress.render import (COLUMNS, REFERENCE_NAMES, ratio_note, carbon_break_even, cell, energy_method_text,
+                             fmt_co2, headline, method_kind, ratio, ratio_text, reference_rows, step_cells,
+                             step_label, tone, work_time)
 
 FIGURE_NAMES = ("accuracy_latency", "size_macs_latency", "energy_co2", "carbon_break_even", "confusion_final",
                 "class_change")
@@ -40,34 +41,44 @@ class Plot:
     png: bytes
     wide: bool = False  # spans both columns of the figure grid
 
+    def item(self, file: str | None = None) -> dict:
+        """What the template's ``figure`` macro needs."""
+        w, h = png_size(self.png)
+        return {"name": self.name, "title": self.title, "caption": self.caption, "wide": self.wide,
+                "src": "data:image/png;base64," + base64.b64encode(self.png).decode("ascii"),
+                "width": w // 2, "height": h // 2, "file": file if file is not None else f"plots/{self.name}.png"}
 
-def write_html(report: "RunReport", run_dir: Path) -> Path:
-    """Write ``run_dir/report.html`` and ``run_dir/plots/*.png`` (each atomically); returns the HTML path.
 
-    Class names come from report.json's ``dataset.class_names``, else the run's ``edge/labels.json``, else
-    class indices.
-    """
-    from compress.checkpoint import atomic_write
+def render_page(template: str, **context) -> str:
+    """Fill a page template of ``compress/templates`` (autoescaped) with the house CSS."""
+    import jinja2
 
+    env = jinja2.Environment(loader=jinja2.PackageLoader("compress", "templates"),
+                             autoescape=jinja2.select_autoescape(["j2"]), trim_blocks=True, lstrip_blocks=True)
+    css = (Path(__file__).parent / "templates" / "style.css").read_text()
+    return env.get_template(template).render(css=css, **context)
+
+
+def write_html(report: RunReport, run_dir: Path) -> Path:
+    """Write ``run_dir/report.html`` and ``run_dir/plots/*.png`` (each atomically); returns the HTML path."""
     if not report.steps:
         raise CompressError("the report has no steps to render: re-run the job")
     run_dir = Path(run_dir)
     labels = class_labels(report, run_dir)
     figures = draw_figures(report, labels)
-    plots = run_dir / "plots"
     for fig in figures:
-        atomic_write(plots / f"{fig.name}.png", lambda p, data=fig.png: p.write_bytes(data))
+        atomic_write(run_dir / "plots" / f"{fig.name}.png", lambda p, data=fig.png: p.write_bytes(data))
     drawn = {fig.name for fig in figures}
     for stale in FIGURE_NAMES:  # a figure an earlier render drew but this report cannot (e.g. no confusion matrix)
         if stale not in drawn:
-            (plots / f"{stale}.png").unlink(missing_ok=True)
+            (run_dir / "plots" / f"{stale}.png").unlink(missing_ok=True)
     page = render_html(report, figures, labels)
     return atomic_write(run_dir / "report.html", lambda p: p.write_text(page, encoding="utf-8"))
 
 
-def class_labels(report: "RunReport", run_dir: Path) -> list[str]:
+def class_labels(report: RunReport, run_dir: Path) -> list[str]:
     """Class names: report.json's ``dataset.class_names`` when present, else the bundle's labels.json, else indices."""
-    k = len(report.steps[-1].confusion or []) or int(report.dataset.get("classes") or 0)
+    k = len(report.deployed().confusion or []) or int(report.dataset.get("classes") or 0)
     candidates = [report.dataset.get("class_names")]
     try:
         candidates.append(json.loads((Path(run_dir) / "edge" / "labels.json").read_text()))
@@ -79,209 +90,144 @@ def class_labels(report: "RunReport", run_dir: Path) -> list[str]:
     return [str(i) for i in range(k)]
 
 
-def draw_figures(report: "RunReport", labels: list[str]) -> list[Plot]:
+def draw_figures(report: RunReport, labels: list[str]) -> list[Plot]:
     """Every figure the report has data for, in page order."""
-    from compress import plots
+    from compress import plots, plots_classes
 
-    steps, base, final = report.steps, report.steps[0], report.steps[-1]
-    out = [
-        Plot("accuracy_latency", "Accuracy vs latency",
-               "One point per step, in step order along the arrows. Up and to the left is better.",
-               plots.png(plots.accuracy_latency(steps))),
-    ]
-    if len(steps) >= 2 and report.carbon:
+    steps, base, final = report.steps, report.baseline, report.deployed()
+    carbon = carbon_break_even(report)
+    out = [Plot("accuracy_latency", "Accuracy vs latency",
+                "One point per step, in step order along the arrows. Up and to the left is better.",
+                plots.png(plots.accuracy_latency(steps)))]
+    if carbon:
         out.append(Plot("carbon_break_even", "Carbon break-even",
-                          "Cumulative CO₂ of serving the baseline vs compressing once and serving the final model.",
-                          plots.png(plots.carbon_break_even(report.carbon))))
+                        f"Cumulative CO₂ of serving {carbon.get('reference') or 'the baseline'} vs compressing once "
+                        "and serving the deployed model.", plots.png(plots.carbon_break_even(carbon))))
     out.append(Plot("size_macs_latency", "Size, compute and latency per step",
-                      "The artifact on disk, conv + linear multiply-accumulates per image, and median batch-1 latency.",
-                      plots.png(plots.size_macs_latency(steps)), wide=True))
+                    "The artifact on disk, conv + linear multiply-accumulates per image, and median batch-1 latency.",
+                    plots.png(plots.size_macs_latency(steps)), wide=True))
     out.append(Plot("energy_co2", "Energy and CO₂",
-                      "Energy per inference of each step's model, and the CO₂ each stage's own work emitted "
-                      "(training, pruning, fine-tuning, export, quantization).",
-                      plots.png(plots.energy_co2(steps)), wide=True))
+                    "Energy per inference of each step's model, and the CO₂ each stage's own work emitted "
+                    "(training, pruning, fine-tuning, export, quantization).",
+                    plots.png(plots.energy_co2(steps)), wide=True))
     if final.confusion:
         out.append(Plot("confusion_final", f"Confusion matrix: {final.step}",
-                          "Test split counts; rows are the true class, columns the prediction.",
-                          plots.png(plots.confusion_matrix(final.confusion, labels, step=final.step))))
+                        "Test split counts; rows are the true class, columns the prediction.",
+                        plots.png(plots_classes.confusion_matrix(final.confusion, labels, step=final.step))))
     if final is not base and base.confusion and len(base.confusion) == len(final.confusion or []):
         out.append(Plot("class_change", "Per-class accuracy change",
-                          f"Final model vs baseline, per true class; the {HURT_CLASSES} classes hurt most in red.",
-                          plots.png(plots.class_change(base.confusion, final.confusion, labels, hurt=HURT_CLASSES))))
+                        f"Deployed model vs baseline, per true class; the {HURT_CLASSES} classes hurt most in red.",
+                        plots.png(plots_classes.class_change(base.confusion, final.confusion, labels, hurt=HURT_CLASSES))))
     return out
 
 
-# ------------------------------------------------------------------------------------------------ page
-
-
-def render_html(report: "RunReport", figures: list[Plot], labels: list[str]) -> str:
+def render_html(report: RunReport, figures: list[Plot], labels: list[str]) -> str:
     """The whole page as a string (no I/O)."""
-    title = f"{report.model} on {report.dataset.get('name', 'n/a')}"
-    body = "\n".join([
-        _header(report, title),
-        _warnings(report),
-        _cards(report),
-        _table(report),
-        _figures(figures),
-        _classes(report, labels),
-        _how_measured(report),
-        _environment(report),
-        _notes(report),
-        f'<footer>compress report · schema v{report.schema_version} · created {escape(report.created_utc)} · '
-        "every number and figure on this page comes from this run's report.json</footer>",
-    ])
-    return PAGE.format(title=escape(f"compress: {title}"), css=CSS, body=body)
-
-
-def _safe(fn, *args, default: str = "n/a") -> str:
-    """A report helper's text, or ``default`` when a value it needs is missing (None) in report.json."""
-    try:
-        return fn(*args)
-    except (TypeError, KeyError, ValueError, ZeroDivisionError, StopIteration):
-        return default
-
-
-def _md_inline(text: str) -> str:
-    """Escape, then turn the report helpers' ``**bold**`` into <strong>."""
-    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escape(text))
-
-
-def _header(report: "RunReport", title: str) -> str:
-    from compress.report import verdict
-
     d = report.dataset
-    final = report.steps[-1]
+    title = f"{report.model} on {d.get('name', 'n/a')}"
+    rows = [{"label": step_label(s), "kind": s.kind, "deployed": s.deployed and s is not report.baseline,
+             "cells": step_cells(report, s), "work_time": work_time(s), "work_co2": fmt_co2(s.work.co2_g)}
+            for s in report.steps]
+    refs = [{"label": name, "cells": [cell(m, c) for c in COLUMNS]} for name, m in reference_rows(report)]
+    changes = class_changes(report, labels)
     chain = " → ".join(s.step for s in report.steps)
-    sub = (f"{escape(str(d.get('name', 'n/a')))} · {_n(d.get('classes'))} classes · "
-           f"{_n(d.get('test_images'))} test images · input {_n(d.get('input_size'))}×{_n(d.get('input_size'))} · "
-           f"{escape(chain)}")
-    return (f'<header><p class="eyebrow">compress run report</p><h1>{escape(title)}</h1>'
-            f'<p class="sub">{sub}</p>'
-            f'<p class="verdict">{_md_inline(_safe(verdict, report, default=f"{final.step}: see the table below."))}'
-            "</p></header>")
+    return render_page(
+        "report.html.j2", title=f"compress: {title}", heading=title,
+        sub=f"{d.get('name', 'n/a')} · {_n(d.get('classes'))} classes · {_n(d.get('test_images'))} test images · "
+            f"input {_n(d.get('input_size'))}×{_n(d.get('input_size'))} · {chain}",
+        verdict=_md_inline(headline(report)), warning_items=[(s.step, w) for s in report.steps for w in s.warnings],
+        cards=cards(report), ratio_note=ratio_note(report), headers=[c.header for c in COLUMNS], rows=rows,
+        reference_rows=refs, figures=[f.item() for f in figures], classes=bool(changes),
+        hurt=[r for r in changes[:HURT_CLASSES] if r["change_pt"] < 0],
+        small_class=_small_class(changes), how=how_measured(report), environment=environment_items(report),
+        notes=[(s.step, k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+               for s in report.steps for k, v in s.notes.items() if k != "cache"],
+        schema_version=report.schema_version, created=report.created_utc)
+
+
+def _small_class(changes: list[dict]) -> int | None:
+    small = min((r["test_images"] for r in changes), default=0)
+    return small if small and small < 200 else None
+
+
+def _md_inline(text: str):
+    """Escape, then turn the headline's ``**bold**`` into <strong>."""
+    from markupsafe import Markup
+
+    return Markup(re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escape(text)))
 
 
 def _n(v) -> str:
     if v is None:
         return "n/a"
-    return f"{v:,}" if isinstance(v, int) else escape(str(v))
+    return f"{v:,}" if isinstance(v, int) else str(v)
 
 
-def _warnings(report: "RunReport") -> str:
-    items = [(s.step, w) for s in report.steps for w in (s.notes.get("warnings") or [])]
-    if not items:
-        return ""
-    lis = "".join(f"<li><strong>{escape(step)}</strong>: {escape(str(w))}</li>" for step, w in items)
-    return f'<section class="warn"><h2>Warnings</h2><ul>{lis}</ul></section>'
-
-
-def _direction(step: "StepReport", base: "StepReport", key: str, lower_better: bool) -> str:
-    """'good', 'bad' or '' (no change, no baseline, or a value missing)."""
-    v, b = step.metrics.get(key), base.metrics.get(key)
-    if step is base or v is None or b is None or v == b:
-        return ""
-    return "good" if (v < b) == lower_better else "bad"
-
-
-def _cards(report: "RunReport") -> str:
-    from compress.report import COLUMNS, cell, delta, fmt_co2
-
-    base, final = report.steps[0], report.steps[-1]
+def cards(report: RunReport) -> list[dict]:
+    """The headline figures of the deployed model, each against its fair reference and the eager baseline."""
+    base, final = report.baseline, report.deployed()
     wanted = {"top1_pct": "Top-1 accuracy", "size_bytes": "Size on disk", "latency_ms_median": "Latency p50, batch 1",
               "energy_per_inference_j": "Energy per inference"}
-    cards = []
-    for _, key, kind, lower in COLUMNS:
-        if key not in wanted:
+    onnx = report.references.get("baseline_onnx") if final.kind == "onnx" else None
+    out = []
+    for col in COLUMNS:
+        if col.key not in wanted:
             continue
-        value = _safe(cell, final, key, kind)
-        if key == "top1_pct" and value != "n/a":
-            value += " %"
-        if key == "latency_ms_median" and value != "n/a":
-            value = value.split(" / ")[0] + " ms"  # the table's "p50 / p90" cell; the card shows the median
-        d = _safe(delta, final, base, key, default="")
-        sub = f"{d} vs baseline" if d else ("baseline only" if final is base else "")
-        note = method_kind(final.metrics.get("energy_method")) if key == "energy_per_inference_j" else ""
-        cards.append(_card(wanted[key], value, sub, _direction(final, base, key, lower), note))
-    c = report.carbon or {}
-    be = c.get("break_even_inferences")
-    if final is base or not c:
-        cards.append(_card("Carbon break-even", "n/a", "nothing was compressed", ""))
-    elif be is not None:
-        cards.append(_card("Carbon break-even", f"{be:,.0f}",
-                           f"inferences repay the {fmt_co2(c.get('compression_co2_g'))} CO₂ of compressing", "good"))
+        value = cell(final.metrics, col)
+        card = {"label": wanted[col.key], "value": value, "sub": "", "tone": "", "sub2": "", "tone2": "", "note": ""}
+        if col.key == "top1_pct":
+            card["value"] = value + " %"
+            if final is not base:
+                dpt = final.metrics.top1_pct - base.metrics.top1_pct
+                card.update(sub=f"{dpt:+.2f} pt vs baseline", tone="good" if dpt > 0 else "bad" if dpt < 0 else "")
+                chance = chance_pct(final.confusion)
+                if chance is not None:
+                    card["note"] = f"chance (most common class): {chance:.1f}%"
+        else:
+            if col.key == "latency_ms_median":
+                card["value"] = value.split(" / ")[0] + " ms"
+            v = getattr(final.metrics, col.key)
+            if onnx is not None:
+                r = ratio(v, getattr(onnx, col.key), col)
+                card.update(sub=f"{ratio_text(r, col)} vs {REFERENCE_NAMES['baseline_onnx']}" if r else "", tone=tone(r))
+            if final is not base:
+                r = ratio(v, getattr(base.metrics, col.key), col)
+                card.update(sub2=f"{ratio_text(r, col)} vs {REFERENCE_NAMES['baseline_eager']}" if r else "",
+                            tone2=tone(r))
+            if col.key == "energy_per_inference_j":
+                card["note"] = method_kind(final.metrics.energy_method)
+        out.append(card)
+    out.append(_carbon_card(report))
+    return out
+
+
+def _carbon_card(report: RunReport) -> dict:
+    c = carbon_break_even(report)
+    card = {"label": "Carbon break-even", "value": "n/a", "sub": "", "tone": "", "sub2": "", "tone2": "", "note": ""}
+    if not c:
+        card["sub"] = "nothing was compressed"
+    elif c.get("break_even_inferences") is not None:
+        card.update(value=f"{c['break_even_inferences']:,.0f}", tone="good",
+                    sub=f"inferences repay the {fmt_co2(c['compression_co2_g'])} CO₂ of compressing, against "
+                        f"{c['reference']}")
     elif c.get("saved_co2_g_per_inference") is None:
-        cards.append(_card("Carbon break-even", "n/a", "no CO₂ per-inference figure", ""))
+        card["sub"] = "no CO₂ per-inference figure"
     else:
-        cards.append(_card("Carbon break-even", "never pays back",
-                           f"compressing emitted {fmt_co2(c.get('compression_co2_g'))}", "bad"))
-    return f'<section class="cards" aria-label="final model vs baseline">{"".join(cards)}</section>'
+        card.update(value="never pays back", tone="bad",
+                    sub=f"against {c['reference']}; compressing emitted {fmt_co2(c['compression_co2_g'])}")
+    return card
 
 
-def method_kind(label: str | None) -> str:
-    """The energy method in a few words, so a headline figure never reads as measured when it was estimated."""
-    kind = (label or "").split(":")[0]
-    return {"codecarbon-estimate": "estimated from time, not measured", "rapl": "measured (RAPL counters)",
-            "user-power": "from your power figure × time"}.get(kind, kind)
-
-
-def _card(label: str, value: str, sub: str, tone: str, note: str = "") -> str:
-    return (f'<div class="card"><div class="label">{escape(label)}</div><div class="value">{escape(value)}</div>'
-            f'<div class="delta {tone}">{escape(sub)}</div>'
-            + (f'<div class="note">{escape(note)}</div>' if note else "") + "</div>")
-
-
-def work_time(step: "StepReport") -> str:
-    if step.notes.get("cache_hit"):
-        return "cached"
-    s = step.work.get("seconds")
-    return "n/a" if s is None else f"{s:.1f} s"
-
-
-def _table(report: "RunReport") -> str:
-    from compress.report import COLUMNS, cell, delta, fmt_co2
-
-    base = report.steps[0]
-    head = "".join(f"<th>{escape(h)}</th>" for h, *_ in COLUMNS)
-    rows = []
-    for s in report.steps:
-        tds = []
-        for _, key, kind, lower in COLUMNS:
-            d = _safe(delta, s, base, key, default="")
-            tone = _direction(s, base, key, lower)
-            tds.append(f'<td>{escape(_safe(cell, s, key, kind))}'
-                       + (f'<span class="delta {tone}">{escape(d)}</span>' if d else "") + "</td>")
-        final = ' class="final"' if s is report.steps[-1] and s is not base else ""
-        rows.append(f'<tr{final}><th scope="row">{escape(s.step)}<span class="kind">{escape(s.kind)}</span></th>'
-                    + "".join(tds) + f"<td>{escape(work_time(s))}</td><td>{escape(fmt_co2(s.work.get('co2_g')))}</td>"
-                    "</tr>")
-    return ('<section><h2>Step by step</h2><p class="hint">Changes are against the baseline (first row): points for '
-            "accuracy, ratios for the rest. Work time and CO₂ are each stage's own work, not its measurement.</p>"
-            f'<div class="scroll"><table><thead><tr><th>step</th>{head}<th>work time</th><th>work CO₂</th></tr>'
-            f"</thead><tbody>{''.join(rows)}</tbody></table></div></section>")
-
-
-def _figures(figures: list[Plot]) -> str:
-    items = []
-    for f in figures:
-        src = "data:image/png;base64," + base64.b64encode(f.png).decode("ascii")
-        w, h = _png_size(f.png)
-        items.append(f'<figure class="{"wide" if f.wide else ""}" id="fig-{f.name}">'
-                     f'<img src="{src}" alt="{escape(f.title)}" width="{w // 2}" height="{h // 2}">'
-                     f"<figcaption><strong>{escape(f.title)}.</strong> {escape(f.caption)} "
-                     f'<span class="file">plots/{f.name}.png</span></figcaption></figure>')
-    return f'<section><h2>Figures</h2><div class="figures">{"".join(items)}</div></section>'
-
-
-def _png_size(data: bytes) -> tuple[int, int]:
+def png_size(data: bytes) -> tuple[int, int]:
     """Width and height from a PNG's IHDR chunk."""
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def class_changes(report: "RunReport", labels: list[str]) -> list[dict]:
-    """Per-class accuracy (%) of the baseline and the final model, most hurt first; [] when not comparable."""
-    from compress.plots import class_accuracy
+def class_changes(report: RunReport, labels: list[str]) -> list[dict]:
+    """Per-class accuracy (%) of the baseline and the deployed model, most hurt first; [] when not comparable."""
+    from compress.plots_classes import class_accuracy
 
-    base, final = report.steps[0], report.steps[-1]
+    base, final = report.baseline, report.deployed()
     if final is base or not base.confusion or len(base.confusion) != len(final.confusion or []):
         return []
     a, b = class_accuracy(base.confusion), class_accuracy(final.confusion)
@@ -291,43 +237,24 @@ def class_changes(report: "RunReport", labels: list[str]) -> list[dict]:
     return sorted(rows, key=lambda r: r["change_pt"])
 
 
-def _classes(report: "RunReport", labels: list[str]) -> str:
-    rows = class_changes(report, labels)
-    if not rows:
-        return ""
-    hurt = [r for r in rows[:HURT_CLASSES] if r["change_pt"] < 0]
-    if hurt:
-        items = "".join(f"<li><strong>{escape(r['label'])}</strong> {r['change_pt']:+.1f} pt "
-                        f"({r['baseline_pct']:.1f}% → {r['final_pct']:.1f}%, {r['test_images']} test images)</li>"
-                        for r in hurt)
-        text = f"<p>Classes hurt most by compression:</p><ol class=\"hurt\">{items}</ol>"
-    else:
-        text = "<p>No class lost accuracy against the baseline.</p>"
-    small = min(r["test_images"] for r in rows)
-    caveat = (f'<p class="hint">With as few as {small} test images in a class, one image moves its accuracy by '
-              f"{100 / small:.1f} points.</p>" if small and small < 200 else "")
-    return f'<section id="classes"><h2>Per class</h2>{text}{caveat}</section>'
-
-
-def _how_measured(report: "RunReport") -> str:
-    from compress.plots import energy_method_text
-
-    final = report.steps[-1]
-    m = final.metrics
+def how_measured(report: RunReport) -> list[tuple[str, str]]:
+    m = report.deployed().metrics
     mc = report.config.get("measure") or {}
-    env = report.environment
-    runs = [s.metrics.get("latency_runs") for s in report.steps if s.metrics.get("latency_runs") is not None]
-    runs_text = "n/a" if not runs else f"{min(runs):,}" if min(runs) == max(runs) else f"{min(runs):,}–{max(runs):,}"
-    c = report.carbon or {}
+    runs = [s.metrics.latency_runs for s in report.steps]
+    runs_text = f"{min(runs):,}" if min(runs) == max(runs) else f"{min(runs):,}–{max(runs):,}"
+    c = carbon_break_even(report)
     items = [
         ("Accuracy", f"top-1 on the full held-out test split: {_n(report.dataset.get('test_images'))} images "
                      f"(never the training or calibration images); data from {report.dataset.get('source', 'n/a')}."),
-        ("Latency", f"batch {_n(m.get('latency_batch'))}, {_n(m.get('threads'))} intra-op thread(s), on the CPU "
-                    f"({env.get('cpu', 'n/a')}); median (p50) and p90 of {runs_text} timed runs per step after "
-                    f"{_n(mc.get('warmup_runs'))} warm-up runs. Throughput (img/s) at batch "
-                    f"{_n(m.get('throughput_batch'))}."),
+        ("Latency", f"batch {m.latency_batch}, {m.threads} intra-op thread(s), on the CPU "
+                    f"({report.environment.get('cpu', 'n/a')}); median (p50) and p90 of {runs_text} timed runs per step "
+                    f"after {_n(mc.get('warmup_runs'))} warm-up runs. Throughput (img/s) at batch {m.throughput_batch}. "
+                    "PyTorch eager runs in the faster of NCHW and channels_last."),
+        ("References", "ratios of ONNX steps are against the baseline's FP32 ONNX export, measured in the same run "
+                       "with the same settings; ratios of torch steps against the baseline in PyTorch eager."),
         ("Size and compute", "size is the artifact on disk (ONNX file, or the serialised state_dict for torch "
-                             "steps); MACs count conv and linear multiply-accumulates for one image."),
+                             "steps); MACs count conv and linear multiply-accumulates for one image, as executed "
+                             "(INT8 kernel padding included)."),
         ("Energy", f"{energy_method_text(report.steps)}. Energy per inference is the timed batch-1 loop's energy "
                    "divided by its inferences."),
         ("CO₂", f"energy × the carbon intensity of {report.config.get('country', 'n/a')} (codecarbon's offline "
@@ -336,104 +263,17 @@ def _how_measured(report: "RunReport") -> str:
     if c.get("definition"):
         items.append(("Break-even", c["definition"] + "."))
     items.append(("Source", "every number and figure on this page is computed from this run folder's report.json "
-                            f"(schema version {report.schema_version}); nothing is measured while rendering. The "
-                            "figures are also saved as PNG files under plots/."))
-    dl = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in items)
-    return f'<section id="how"><h2>How this was measured</h2><dl>{dl}</dl></section>'
+                            f"(schema version {report.schema_version}); nothing is measured while rendering."))
+    return items
 
 
-def _environment(report: "RunReport") -> str:
+def environment_items(report: RunReport) -> list[tuple[str, str]]:
     env = report.environment
     flags = ", ".join(env.get("cpu_flags") or []) or "n/a"
-    items = [
+    return [
         ("CPU", f"{env.get('cpu', 'n/a')} · {_n(env.get('cores'))} cores · {env.get('machine', 'n/a')} · {flags}"),
         ("OS", env.get("os", "n/a")), ("Python", env.get("python", "n/a")),
         ("Measured on", f"{env.get('measure_device', 'n/a')}, {_n(env.get('measure_threads'))} thread(s)"),
         ("Trained on", env.get("train_device", "n/a")),
         ("Versions", ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v) or "n/a"),
     ]
-    dl = "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in items)
-    return f'<section id="env"><h2>Environment</h2><dl>{dl}</dl></section>'
-
-
-def _notes(report: "RunReport") -> str:
-    rows = [(s.step, k, v) for s in report.steps for k, v in s.notes.items() if k not in ("cache", "warnings")]
-    if not rows:
-        return ""
-    lis = "".join(f"<li><strong>{escape(step)}</strong> {escape(k)}: "
-                  f"{escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))}</li>" for step, k, v in rows)
-    return f'<section id="notes"><details><summary>Step notes ({len(rows)})</summary><ul>{lis}</ul></details></section>'
-
-
-PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
-<title>{title}</title>
-<style>{css}</style>
-</head>
-<body>
-<main>
-{body}
-</main>
-</body>
-</html>
-"""
-
-CSS = """
-:root { --ink: #222; --muted: #666; --line: #e4e4e4; --bg: #f7f7f5; --card: #fff;
-        --good: #007a5a; --bad: #c24e00; --accent: #0072b2; }
-* { box-sizing: border-box; }
-body { margin: 0; background: var(--bg); color: var(--ink);
-       font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1180px; margin: 0 auto; padding: 32px 24px 48px; }
-h1 { font-size: 28px; margin: 0 0 4px; letter-spacing: -0.01em; }
-h2 { font-size: 18px; margin: 0 0 12px; }
-section { margin-top: 28px; }
-.eyebrow { text-transform: uppercase; letter-spacing: .08em; font-size: 12px; color: var(--accent); margin: 0;
-           font-weight: 600; }
-.sub { color: var(--muted); margin: 0 0 12px; }
-.verdict { font-size: 17px; margin: 0; padding: 12px 16px; background: var(--card);
-           border-left: 4px solid var(--accent); border-radius: 4px; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(190px, 1fr)); gap: 12px; margin-top: 20px; }
-.card { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 14px 16px; }
-.card .label { font-size: 12px; color: var(--muted); text-transform: uppercase; letter-spacing: .05em; }
-.card .value { font-size: 24px; font-weight: 650; margin: 2px 0; font-variant-numeric: tabular-nums; }
-.delta { font-size: 12.5px; color: var(--muted); }
-.delta.good { color: var(--good); }
-.card .note { font-size: 12px; color: var(--muted); font-style: italic; margin-top: 2px; }
-.delta.bad { color: var(--bad); }
-.hint { color: var(--muted); font-size: 13px; margin: -6px 0 10px; }
-.scroll { overflow-x: auto; background: var(--card); border: 1px solid var(--line); border-radius: 8px; }
-table { border-collapse: collapse; width: 100%; font-size: 13.5px; font-variant-numeric: tabular-nums; }
-th, td { padding: 8px 12px; text-align: right; border-bottom: 1px solid var(--line); white-space: nowrap;
-         vertical-align: top; }
-thead th { font-size: 12px; color: var(--muted); font-weight: 600; background: #fafafa; }
-th:first-child, tbody th { text-align: left; }
-tbody tr:last-child > * { border-bottom: none; }
-tr.final { background: #eef6fb; }
-td .delta, th .kind { display: block; font-size: 11.5px; }
-th .kind { color: var(--muted); font-weight: 400; }
-.figures { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
-figure { margin: 0; background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 12px; }
-figure.wide { grid-column: 1 / -1; }
-figure img { display: block; width: 100%; height: auto; }
-figcaption { font-size: 13px; color: var(--muted); margin-top: 8px; }
-figcaption strong { color: var(--ink); }
-.file { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 11.5px; color: #999; margin-left: 4px; }
-.warn { background: #fff4ec; border: 1px solid #f3c9a8; border-radius: 8px; padding: 12px 16px; }
-.warn h2 { color: var(--bad); }
-ol.hurt li strong { color: var(--bad); }
-dl { display: grid; grid-template-columns: max-content 1fr; gap: 6px 18px; margin: 0; background: var(--card);
-     border: 1px solid var(--line); border-radius: 8px; padding: 14px 16px; font-size: 14px; }
-dt { font-weight: 600; }
-dd { margin: 0; color: #333; }
-details { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 10px 16px;
-          font-size: 13.5px; }
-summary { cursor: pointer; font-weight: 600; }
-footer { margin-top: 36px; color: #999; font-size: 12px; }
-@media (max-width: 800px) { .figures { grid-template-columns: 1fr; } dl { grid-template-columns: 1fr; } }
-@media print { body { background: #fff; } figure, .card, table { break-inside: avoid; } }
-"""

@@ -20,34 +20,19 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
+
+from compress.core import Context, OnnxModel, session
+from compress.errors import CompressError
+from compress.records import Metrics
 
 if TYPE_CHECKING:
     import numpy as np
     import torch.nn as nn
 
     from compress.energy import EnergyMeter, Reading
-    from compress.export import OnnxModel
-    from compress.pipeline import Context
-
-
-@dataclass(frozen=True, kw_only=True)
-class Metrics:
-    top1_pct: float
-    size_bytes: int
-    params: int
-    macs: int
-    latency_ms_median: float
-    latency_ms_p90: float
-    latency_batch: int
-    latency_runs: int
-    threads: int
-    throughput_ips: float
-    throughput_batch: int
-    energy_per_inference_j: float | None
-    co2_per_inference_g: float | None
-    energy_method: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,8 +48,6 @@ class MeasureConfig:
     eval_batch: int = 500
 
     def check(self) -> None:
-        from compress.errors import CompressError
-
         if self.threads < 1 or self.min_runs < 1 or self.throughput_batch < 1 or self.eval_batch < 1:
             raise CompressError("measure: threads, min_runs, throughput_batch and eval_batch must be at least 1")
 
@@ -83,20 +66,16 @@ def measure(model: "nn.Module | OnnxModel", ctx: "Context", *, step: str) -> Mea
     >>> m = measure(model, ctx, step="baseline")  # doctest: +SKIP
     >>> m.top1_pct, m.latency_ms_median
     """
-    from compress.export import OnnxModel
-
     cfg = ctx.measure
     if isinstance(model, OnnxModel):
         infer, info = onnx_runner(model, cfg.threads)
     else:
-        infer, info = _torch_runner(model, cfg.threads)
+        infer, info = _torch_runner(model, cfg.threads, ctx.data.normalize(ctx.data.test_x[:1]).numpy())
     try:
-        from compress.data import normalize
-
         confusion = _confusion(infer, ctx, cfg.eval_batch)
-        times, energy = latency_loop(infer, normalize(ctx.data.test_x[:1]).numpy(), cfg, ctx.meter,
+        times, energy = latency_loop(infer, ctx.data.normalize(ctx.data.test_x[:1]).numpy(), cfg, ctx.meter,
                                      f"{step}/inference", ctx.tick)
-        ips = throughput(infer, normalize(ctx.data.test_x[:cfg.throughput_batch]).numpy(), cfg)
+        ips = throughput(infer, ctx.data.normalize(ctx.data.test_x[:cfg.throughput_batch]).numpy(), cfg)
     finally:
         info["restore"]()
     per_inf_j = energy.energy_j / len(times) if energy.energy_j is not None else None
@@ -108,7 +87,7 @@ def measure(model: "nn.Module | OnnxModel", ctx: "Context", *, step: str) -> Mea
         latency_ms_median=_quantile(times, 0.5) * 1e3, latency_ms_p90=_quantile(times, 0.9) * 1e3,
         latency_batch=1, latency_runs=len(times), threads=cfg.threads, throughput_ips=ips,
         throughput_batch=cfg.throughput_batch, energy_per_inference_j=per_inf_j, co2_per_inference_g=per_inf_g,
-        energy_method=energy.method,
+        energy_method=energy.method, runtime=info["runtime"],
     ), confusion)
 
 
@@ -121,11 +100,9 @@ def _quantile(values: list[float], q: float) -> float:
 def _confusion(infer: Callable, ctx: "Context", batch: int) -> list[list[int]]:
     import numpy as np
 
-    from compress.data import batches
-
     k = len(ctx.data.classes)
     cm = np.zeros((k, k), dtype=np.int64)
-    for xb, yb in batches(ctx.data.test_x, ctx.data.test_y, batch):
+    for xb, yb in ctx.data.batches(ctx.data.test_x, ctx.data.test_y, batch):
         np.add.at(cm, (yb.numpy(), infer(xb.numpy()).argmax(1)), 1)
     return cm.tolist()
 
@@ -173,6 +150,66 @@ def interleaved(fns: dict[Any, Callable[[], Any]], *, runs: int, block: int = 5,
     return times
 
 
+SAME_WITHIN = 0.10  # speed-ups within ±10% count as the same speed (see SpeedComparison.verdict)
+
+
+@dataclass(frozen=True)
+class SpeedComparison:
+    """Paired, interleaved batch-1 timing of a candidate against a reference, with a 95% interval on the ratio."""
+
+    reference_ms: float  # median over all timed runs
+    candidate_ms: float
+    speedup: float  # reference / candidate time: > 1 means the candidate is faster
+    speedup_low: float  # 95% confidence interval of the speed-up, from the spread across rounds
+    speedup_high: float
+    rounds: int
+    runs: int  # timed runs of each model in total
+
+    @property
+    def verdict(self) -> str:
+        """"faster" or "slower" only when the whole interval says so and the difference exceeds
+        :data:`SAME_WITHIN`; otherwise "same within noise". The margin is there because the interval covers the
+        noise within one pair of ONNX Runtime sessions, not the offset between sessions: two sessions of one
+        identical file measured 0.93–1.12× apart here."""
+        if self.speedup_low > 1 and self.speedup > 1 + SAME_WITHIN:
+            return "faster"
+        if self.speedup_high < 1 and self.speedup < 1 - SAME_WITHIN:
+            return "slower"
+        return "same within noise"
+
+
+def compare_speed(reference: Callable[[], Any], candidate: Callable[[], Any], *, rounds: int = 10,
+                  runs_per_round: int = 20) -> SpeedComparison:
+    """Time two callables in ``rounds`` interleaved rounds; each round's ratio of medians is one sample, and the
+    interval is a t-interval on their logarithms (ratios multiply). Identical models land inside it."""
+    import numpy as np
+
+    logs, ref_all, cand_all = [], [], []
+    for _ in range(max(2, rounds)):
+        t = interleaved({"ref": reference, "cand": candidate}, runs=runs_per_round, block=5, warmup=3)
+        ref_all += t["ref"]
+        cand_all += t["cand"]
+        logs.append(float(np.log(np.median(t["ref"]) / np.median(t["cand"]))))
+    n = len(logs)
+    mean, sd = float(np.mean(logs)), float(np.std(logs, ddof=1))
+    half = _T975.get(n - 1, 2.0) * sd / np.sqrt(n)
+    return SpeedComparison(reference_ms=float(np.median(ref_all)) * 1e3, candidate_ms=float(np.median(cand_all)) * 1e3,
+                           speedup=float(np.exp(mean)), speedup_low=float(np.exp(mean - half)),
+                           speedup_high=float(np.exp(mean + half)), rounds=n, runs=len(ref_all))
+
+
+# Student's t, two-sided 95%, by degrees of freedom (rounds - 1); scipy is not a dependency.
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 24: 2.064, 29: 2.045}
+
+
+def onnx_call(path: Path, x: "np.ndarray", threads: int) -> Callable[[], Any]:
+    """One batch-1 inference of the ONNX model at ``path``, as a callable for the timing loops."""
+    s = session(path, threads)
+    name = s.get_inputs()[0].name
+    return lambda: s.run(None, {name: x})
+
+
 def throughput(infer: Callable, x: "np.ndarray", cfg: MeasureConfig) -> float:
     """Images per second for repeated calls on the batch ``x``."""
     infer(x)
@@ -183,24 +220,37 @@ def throughput(infer: Callable, x: "np.ndarray", cfg: MeasureConfig) -> float:
     return n * len(x) / (time.perf_counter() - start)
 
 
-def _torch_runner(model: "nn.Module", threads: int):
+def _torch_runner(model: "nn.Module", threads: int, x: "np.ndarray"):
+    """Eager PyTorch at its best on this CPU: NCHW or channels_last, whichever runs ``x`` faster (timed
+    interleaved), with the thread count pinned. The model itself is never changed: channels_last runs a copy."""
+    import copy
+
+    import numpy as np
     import torch
 
     model = model.eval()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    last = copy.deepcopy(model).to(memory_format=torch.channels_last)
 
-    def infer(x: "np.ndarray") -> "np.ndarray":
-        with torch.inference_mode():
-            return model(torch.from_numpy(x)).numpy()
+    def runner(net, layout):
+        def infer(batch: "np.ndarray") -> "np.ndarray":
+            with torch.inference_mode():
+                t = torch.from_numpy(batch)
+                return net(t.contiguous(memory_format=layout) if t.ndim == 4 else t).numpy()
+        return infer
 
+    options = {"NCHW": runner(model, torch.contiguous_format), "channels_last": runner(last, torch.channels_last)}
+    times = interleaved({k: (lambda f=f: f(x)) for k, f in options.items()}, runs=30, block=5, warmup=5)
+    layout = min(times, key=lambda k: float(np.median(times[k])))
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
-    return infer, {
+    return options[layout], {
         "size_bytes": buf.getbuffer().nbytes,
         "params": sum(p.numel() for p in model.parameters()),
         "macs": lambda size: torch_macs(model, size),
         "restore": lambda: torch.set_num_threads(before),
+        "runtime": f"torch eager ({layout})",
     }
 
 
@@ -217,6 +267,7 @@ def onnx_runner(model: "OnnxModel", threads: int):
         "params": params,
         "macs": lambda size: onnx_params_macs(model.path, size)[1],
         "restore": lambda: None,
+        "runtime": "onnxruntime" + (" (basic graph optimisations: built for another CPU)" if model.foreign else ""),
     }
 
 

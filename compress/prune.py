@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from compress.errors import CompressError
+from compress.models import head_layer
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
-    from compress.pipeline import Context
+    from compress.core import Context
 
 IMPORTANCES = ("l2", "taylor", "bn")
 
@@ -37,8 +38,10 @@ class Prune:
     round_to: int = 8  # SIMD-friendly channel counts on ARM NEON and AVX
     taylor_batches: int = 8  # training batches whose gradients score channels (taylor only)
 
-    accepts = "torch"
     name = "prune"
+    title = "pruning"
+    accepts = "torch"
+    produces = "torch"
 
     def check(self) -> None:
         if not 0 <= self.ratio < 1:
@@ -56,7 +59,6 @@ class Prune:
         import torch.nn.functional as F
         import torch_pruning as tp
 
-        from compress.data import normalize
         from compress.train import recalibrate_bn
 
         self.check()
@@ -67,7 +69,7 @@ class Prune:
             "taylor": lambda: tp.importance.GroupTaylorImportance(),
             "bn": lambda: tp.importance.BNScaleImportance(),
         }[self.importance]()
-        head = model.classifier[-1] if hasattr(model, "classifier") else None
+        head = head_layer(model)
         pruner = tp.pruner.MetaPruner(
             model, example, importance=importance, pruning_ratio=self.ratio, iterative_steps=self.steps,
             ignored_layers=[head] if head is not None else [], round_to=self.round_to,
@@ -79,7 +81,7 @@ class Prune:
                 n = ctx.data.train_x.shape[0]
                 for _ in range(self.taylor_batches):
                     idx = torch.randint(0, n, (64,), generator=gen)
-                    F.cross_entropy(model(normalize(ctx.data.train_x[idx])), ctx.data.train_y[idx]).backward()
+                    F.cross_entropy(model(ctx.data.normalize(ctx.data.train_x[idx])), ctx.data.train_y[idx]).backward()
             pruner.step()
         model.zero_grad(set_to_none=True)
         # Removing a layer's input channels changes its outputs, so downstream BN statistics are stale;

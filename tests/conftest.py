@@ -16,6 +16,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
+SLOW_FIXTURES = {"smoke_run", "edge_bundle"}  # each runs a whole pipeline once per session
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that needs a whole pipeline run is slow, whether or not its author marked it:
+    `pytest -m "not slow"` then trains no pipeline."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     os.environ["COMPRESS_CACHE"] = str(tmp_path_factory.mktemp("compress-cache"))
@@ -35,7 +46,8 @@ def smoke_run(tmp_path_factory, _isolated_cache) -> Path:
 
 @pytest.fixture(scope="session")
 def edge_bundle(smoke_run) -> Path:
-    """The smoke run's edge/ bundle: INT8 model.onnx, model_fp32.onnx, labels, preprocess, manifest."""
+    """The smoke run's edge/ bundle: the deployed model.onnx, the other precision beside it (manifest.json's
+    `models` names both), labels, preprocess, manifest."""
     return smoke_run / "edge"
 
 

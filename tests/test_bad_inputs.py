@@ -62,7 +62,7 @@ CASES = [
     ("prune-ratio-1", lambda t, e, s: RUN + ["--prune", "1"], r"prune ratio must be in [0, 1)"),
     ("prune-ratio-negative", lambda t, e, s: RUN + ["--prune", "-0.2"], r"prune ratio must be in [0, 1)"),
     ("prune-ratio-text", lambda t, e, s: RUN + ["--prune", "half"], "invalid float value: 'half'"),
-    ("zero-epochs", lambda t, e, s: RUN + ["--epochs", "0"], "epochs must be at least 1"),
+    ("negative-epochs", lambda t, e, s: RUN + ["--epochs", "-1"], "--epochs: epochs must be 0"),
     ("zero-finetune-epochs", lambda t, e, s: RUN + ["--prune", "0.5", "--finetune-epochs", "0"],
      "finetune epochs must be at least 1"),
     ("zero-prune-steps", lambda t, e, s: RUN + ["--prune", "0.5", "--prune-steps", "0"], "prune steps must be"),
@@ -108,7 +108,7 @@ CASES = [
     ("resume-without-out", lambda t, e, s: RUN + ["--resume"], "--resume needs --out"),
     ("resume-nothing", lambda t, e, s: RUN + ["--resume", "--out", str(t / "fresh")], "nothing to resume"),
     ("rerun-finished-run", lambda t, e, s: RUN + ["--out", str(s)], "already holds a finished run"),
-    ("bench-missing-target", lambda t, e, s: ["bench", str(t / "nothing")], "neither a bundle folder nor a .onnx"),
+    ("bench-missing-target", lambda t, e, s: ["bench", str(t / "nothing")], "nothing does not exist"),
     ("bench-bundle-without-labels", lambda t, e, s: ["bench", str(_bundle_without(e, t, "labels.json"))], "has no labels.json"),
     ("bench-tampered-bundle", lambda t, e, s: ["bench", str(_tampered(e, t))], "does not match its sha256"),
     ("bench-truncated-onnx", lambda t, e, s: ["bench", str(_truncated(e / "model_fp32.onnx", t / "m.onnx"))],
@@ -118,6 +118,10 @@ CASES = [
     ("report-corrupt-json", lambda t, e, s: (t.joinpath("report.json").write_text("{not json"), ["report", str(t)])[1],
      "is not a compress report"),
     ("compare-missing-run", lambda t, e, s: ["compare", str(s), str(t / "gone"), "--out", str(t / "cmp")], "gone"),
+    ("compare-same-run-twice", lambda t, e, s: ["compare", str(s), str(s), "--out", str(t / "cmp")], "given twice"),
+    ("compare-unfinished-run", lambda t, e, s: (t.joinpath("busy").mkdir(), t.joinpath("busy", "progress.json").write_text("{}"),
+                                                ["compare", str(s), str(t / "busy"), "--out", str(t / "cmp")])[2],
+     "is an unfinished run"),
 ]
 
 
@@ -137,8 +141,8 @@ def test_bad_input_gives_one_clear_line(case, tmp_path, edge_bundle, smoke_run):
     assert expected.lower() in lines[0].lower(), lines[0]
     assert proc.stdout == ""
     assert not (tmp_path / "pwned").exists()  # no pickle ever ran
-    for out in (tmp_path / "o", tmp_path / "fresh", tmp_path / "runs"):  # no partial artifact anywhere
-        assert not any(out.rglob("report.json")) and not any(out.rglob("model.onnx")) if out.exists() else True
+    for out in (tmp_path / "o", tmp_path / "fresh", tmp_path / "runs", tmp_path / "cmp"):  # nothing left behind
+        assert not out.exists(), sorted(out.rglob("*"))
     assert sorted(p.name for p in smoke_run.iterdir()) == before
 
 
@@ -156,3 +160,49 @@ def test_disk_full_is_one_clear_line_and_leaves_no_partial_file(tmp_path):
     assert "File too large" in lines[0] and "--resume" in lines[0]
     assert not list(out.rglob("*.tmp")) and not (out / "report.json").exists()
     assert not list(out.rglob("model.pt"))  # the baseline checkpoint (> 64 KB) never appeared half-written
+
+
+def _yaml(t: Path, text: str) -> list[str]:
+    t.joinpath("c.yaml").write_text(text)
+    return ["run", "--config", str(t / "c.yaml"), "--out", str(t / "o")]
+
+
+# Config mistakes, found before any work: no trained run needed. (id, argv builder (tmp) -> argv, expected lines)
+CONFIG_CASES = [
+    ("country-not-in-codecarbon", lambda t: RUN + ["--country", "XYZ"],
+     ["--country: country 'XYZ' is not an ISO 3166 alpha-3 code in codecarbon's carbon-intensity table"]),
+    ("calibration-without-int8", lambda t: RUN + ["--calibration", "entropy"], ["--calibration needs --int8"]),
+    ("remove-se-without-edge-friendly", lambda t: RUN + ["--remove-se"],
+     ["--remove-se is part of --edge-friendly: add --edge-friendly"]),
+    ("finetune-epochs-without-a-change", lambda t: RUN + ["--finetune-epochs", "3"],
+     ["--finetune-epochs needs --prune or --edge-friendly"]),
+    ("yaml-negative-epochs", lambda t: _yaml(t, "train: {epochs: -1}\n"),
+     ["c.yaml: train.epochs: epochs must be 0 (use the weights as they are) or more, got -1"]),
+    ("yaml-measure-range", lambda t: _yaml(t, "measure: {min_runs: 0}\n"), ["c.yaml: measure.min_runs: "]),
+    ("yaml-syntax-line-column", lambda t: _yaml(t, "model: x\ntrain: {epochs: 3\n"),
+     ["c.yaml is not valid YAML at line 3, column 1: "]),
+    ("yaml-every-error-at-once", lambda t: _yaml(t, "modle: x\ntrain: {epochs: many}\nprune: {ratoi: 1}\n"),
+     ["c.yaml: unknown key modle", "c.yaml: train.epochs must be an integer", "c.yaml: unknown key prune.ratoi"]),
+    ("yaml-every-range-error-at-once", lambda t: _yaml(t, "train: {epochs: -1}\nmeasure: {threads: 0}\n"),
+     ["c.yaml: train.epochs: ", "c.yaml: measure.threads: "]),
+    ("bench-missing-file", lambda t: ["bench", str(t / "model.onnx")],
+     ["model.onnx does not exist: give a bundle folder (RUN_DIR/edge) or a .onnx file"]),
+    ("missing-data-folder-leaves-no-run-folder", lambda t: RUN[:2] + ["--data", str(t / "nope")], ["does not exist"]),
+]
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_config_mistakes_give_one_line_each(case, tmp_path):
+    _, build, expected = case
+    argv = build(tmp_path)
+
+    proc = subprocess.run([sys.executable, "-m", "compress.cli", *argv], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert len(lines) == len(expected), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    for line, text in zip(lines, expected):
+        assert line.startswith("compress: error: ") and text in line, line
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "o").exists()  # no half-made run folder

@@ -1,4 +1,5 @@
-"""The documented benchmark command, at its quick settings: every script runs and writes its tables and plots."""
+"""The documented benchmark command (`python -m benchmarks.run_all --quick`): every script runs as a module, with no
+sys.path edits, and writes its tables and plots."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_run_all_quick_writes_every_table_and_plot(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1200, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("compare_recipes", "accuracy", "sweep"):
         for ext in ("md", "csv", "json"):
@@ -39,3 +40,13 @@ def test_run_all_quick_writes_every_table_and_plot(tmp_path):
         for precision in ("fp32", "int8"):
             assert re.search(rf"^\| {re.escape(ratio)} \| {precision} \| \d+\.\d\d \|", sweep, re.M), (ratio, precision)
     assert (tmp_path / "runs").is_dir()
+    accuracy = json.loads((tmp_path / "accuracy_quick.json").read_text())
+    assert accuracy["environment"]["cpu"] and accuracy["environment"]["versions"]["compress"]
+    variants = [r["variant"] for r in accuracy["rows"]]
+    assert variants[:3] == ["fp32", "compress_shipped", "ort_default"]  # the main job quantized (quantize: {})
+    assert all(0 <= r["top1_pct"] <= 100 and r["latency_ms_median"] > 0 for r in accuracy["rows"])
+
+
+def test_no_benchmark_edits_sys_path():
+    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+        assert "sys.path" not in script.read_text(), script.name

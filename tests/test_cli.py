@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from compress.cli import main
-from compress.config import resolve
-from compress.report import RunReport
+from compress.cli import EXAMPLES, main
+from compress.config import dump_yaml, resolve
+from compress.records import SCHEMA_VERSION, RunReport
+from compress.render import carbon_break_even
+from tests.conftest import SMOKE
 
 METRICS = ["top1_pct", "size_bytes", "params", "macs", "latency_ms_median", "latency_ms_p90", "throughput_ips",
            "energy_per_inference_j", "energy_method"]
@@ -25,36 +30,43 @@ def test_run_writes_a_complete_run_folder(smoke_run):
     report = RunReport.load(smoke_run)
     assert [s.step for s in report.steps] == ["baseline", "prune", "finetune", "export", "quantize"]
     for s in report.steps:
+        metrics = dataclasses.asdict(s.metrics)
         for key in METRICS:
-            assert key in s.metrics and (s.metrics[key] is not None or key == "energy_per_inference_j"), (s.step, key)
+            assert key in metrics and (metrics[key] is not None or key == "energy_per_inference_j"), (s.step, key)
         # Above chance (10 classes) for every step but prune: right after pruning, before recovery,
         # accuracy can fall to chance or below; that is what the fine-tune step is for.
-        assert 0.0 <= s.metrics["top1_pct"] <= 100.0 and (s.step == "prune" or s.metrics["top1_pct"] > 10.0)
-        assert s.work["seconds"] >= 0 and "energy_method" in s.work
+        assert 0.0 <= s.metrics.top1_pct <= 100.0 and (s.step == "prune" or s.metrics.top1_pct > 10.0)
+        assert s.work.seconds >= 0 and s.work.energy_method
     base, prune, final = report.steps[0], report.steps[1], report.steps[-1]
-    assert prune.metrics["params"] < 0.4 * base.metrics["params"]  # achieved pruning shows in the counts
-    assert final.metrics["size_bytes"] < report.step("export").metrics["size_bytes"]
+    assert prune.metrics.params < 0.4 * base.metrics.params  # achieved pruning shows in the counts
+    assert final.metrics.size_bytes < report.step("export").metrics.size_bytes
     assert report.environment["measure_threads"] == 1 and report.environment["versions"]["onnxruntime"]
     assert report.dataset["test_images"] == 500
-    assert report.carbon["compression_co2_g"] > 0
+    assert carbon_break_even(report)["compression_co2_g"] > 0
     md = (smoke_run / "report.md").read_text()
-    assert "| quantize |" in md and "codecarbon-estimate" in md
+    assert "| quantize" in md and "codecarbon-estimate" in md
 
 
 def test_config_yaml_replays_the_run(smoke_run):
     cfg = resolve(smoke_run / "config.yaml")
-    assert cfg.model == "tiny_mobilenet_v3" and cfg.prune.ratio == 0.5 and cfg.int8
-    assert yaml.safe_load((smoke_run / "config.yaml").read_text())["limit_test"] == 500
+    assert cfg == resolve(SMOKE)
+    assert cfg.model == "tiny_mobilenet_v3" and cfg.prune.ratio == 0.5 and cfg.quantize is not None
+    saved = yaml.safe_load((smoke_run / "config.yaml").read_text())
+    assert saved["limit_test"] == 500 and saved["edge_friendly"] is None
+    assert saved["finetune"]["quant_aware_epochs"] == 1  # implied: at most half of the 2 recovery epochs
+    assert RunReport.load(smoke_run).config == saved  # report.json records the same resolved config
 
 
-def test_second_run_reuses_the_cached_baseline(smoke_run, tmp_path):
+def test_second_run_reuses_the_cached_baseline(smoke_run, tmp_path, capsys):
     from tests.conftest import SMOKE
 
     out = tmp_path / "again"
-    assert main(["run", "--config", str(SMOKE), "--out", str(out), "--quiet"]) == 0
+    assert main(["run", "--config", str(SMOKE), "--out", str(out)]) == 0
+    err = capsys.readouterr().err  # plain progress lines: stderr is not a terminal here
+    assert "loading the cached baseline" in err and "training the baseline" not in err  # issue #16.10
     first, second = RunReport.load(smoke_run), RunReport.load(out)
-    assert second.steps[0].notes["cache_hit"] is True
-    assert second.steps[0].metrics["top1_pct"] == first.steps[0].metrics["top1_pct"]
+    assert second.steps[0].cache_hit is True
+    assert second.steps[0].metrics.top1_pct == first.steps[0].metrics.top1_pct
     assert second.steps[0].artifact_sha256 == first.steps[0].artifact_sha256
 
 
@@ -64,7 +76,9 @@ def test_json_flag_prints_the_report(smoke_run, tmp_path, capsys):
     assert main(["run", "--config", str(SMOKE), "--out", str(tmp_path / "j"), "--json", "--prune", "0"]) == 0
     out = capsys.readouterr()
     data = json.loads(out.out)
-    assert data["schema_version"] == 1 and [s["step"] for s in data["steps"]] == ["baseline", "export", "quantize"]
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert [s["step"] for s in data["steps"]] == ["baseline", "export", "quantize"]
+    assert data["config"]["prune"] is None and data["config"]["finetune"] is None  # --prune 0: nothing to recover
     assert out.err == ""  # --json is quiet: no progress, no library chatter
 
 
@@ -115,7 +129,7 @@ def test_efficientnet_on_a_folder_of_photos(tmp_path):
     assert report.dataset["train_images"] == 90 and report.dataset["test_images"] == 30
     assert report.dataset["class_names"] == ["Sneaker", "T-shirt_top", "Trouser"]
     prune = report.step("prune")
-    assert prune.metrics["params"] < 0.7 * report.steps[0].metrics["params"]
+    assert prune.metrics.params < 0.7 * report.steps[0].metrics.params
     notes = report.step("export").notes
     assert notes["parity_max_abs_diff"] <= notes["parity_limit"]
     assert (out / "edge" / "model.onnx").is_file()
@@ -125,8 +139,8 @@ def test_accuracy_budget_deploys_the_most_compressed_step_inside_it(smoke_run, t
     from tests.conftest import SMOKE
 
     report = RunReport.load(smoke_run)
-    base = report.steps[0].metrics["top1_pct"]
-    drops = {s.step: base - s.metrics["top1_pct"] for s in report.steps if s.kind == "onnx"}
+    base = report.steps[0].metrics.top1_pct
+    drops = {s.step: base - s.metrics.top1_pct for s in report.steps if s.kind == "onnx"}
     budget = max(drops.values()) + 0.01  # everything fits: the smallest (INT8) file is deployed
     out = tmp_path / "budget"
     assert main(["run", "--config", str(SMOKE), "--out", str(out), "--quiet", "--max-drop", str(budget)]) == 0
@@ -137,11 +151,155 @@ def test_accuracy_budget_deploys_the_most_compressed_step_inside_it(smoke_run, t
     assert main(["run", "--config", str(SMOKE), "--out", str(out2), "--quiet", "--max-drop", "0", "--prune", "0.7"]) == 0
     r2 = RunReport.load(out2)
     m2 = json.loads((out2 / "edge" / "manifest.json").read_text())
-    best = max((s for s in r2.steps if s.kind == "onnx"), key=lambda s: s.metrics["top1_pct"])
-    assert m2["step"] == best.step and r2.step(best.step).notes["deployed"] is True
+    best = max((s for s in r2.steps if s.kind == "onnx" and not s.fallback), key=lambda s: s.metrics.top1_pct)
+    assert m2["step"] == best.step and r2.step(best.step).deployed is True
     headline = (out2 / "report.md").read_text().splitlines()[2]
-    assert headline.startswith(f"**{best.step}**: {best.metrics['top1_pct']:.2f}% top-1")  # what the bundle holds
+    assert headline.startswith(f"**{best.step}** (deployed): {best.metrics.top1_pct:.2f}% top-1")  # what ships
     if best is not r2.steps[-1]:
         assert "Deployed under --max-drop 0 pt" in headline
-    if best.metrics["top1_pct"] < r2.steps[0].metrics["top1_pct"]:
-        assert any("max-drop" in w for w in r2.step(best.step).notes.get("warnings", []))
+    if best.metrics.top1_pct < r2.steps[0].metrics.top1_pct:
+        assert any("max-drop" in w for w in r2.step(best.step).warnings)
+
+
+# ------------------------------------------------------------------------------------------------ help
+
+@pytest.mark.parametrize("command", sorted(EXAMPLES))
+def test_every_help_ends_with_an_example(command, capsys):
+    argv = ["--help"] if command == "compress" else [command, "--help"]
+
+    assert main(argv) == 0
+
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("example"))
+    examples = [line.strip() for line in lines[start + 1:] if line.startswith("  compress ")]
+    assert examples and all(e.startswith("compress ") for e in examples)
+    if command != "compress":
+        assert all(e.split()[1] == command for e in examples)
+
+
+def test_help_shows_defaults_from_the_dataclasses(capsys):
+    from compress.config import RunConfig
+    from compress.finetune import Finetune
+    from compress.prune import Prune
+    from compress.train import Recipe
+
+    main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+    assert f"baseline training epochs (default {Recipe().epochs}; 0 keeps the weights as they are)" in text
+    assert f"baseline training peak learning rate (default {Recipe().lr:g})" in text
+    assert f"(default {Finetune().epochs})" in text and f"(default {Finetune().lr:g})" in text
+    assert f"(default 0: no pruning; {Prune().ratio:g} is a good start)" in text
+    assert f"--seed SEED seed for the data subsets, initialisation and training order (default {RunConfig().seed})" \
+        in text
+    assert "--allow-chance deploy even if the model is at or near chance" in text
+
+
+def test_list_countries_shows_codecarbons_codes(capsys):
+    assert main(["list", "--countries"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "FRA  France" in lines and len(lines) > 100
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+def _unfinished(tmp_path: Path, **overrides) -> Path:
+    """A run folder as an interrupted run leaves it: its resolved config.yaml (no finished step here)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = resolve(overrides={"model": "tiny_mobilenet_v3", "data": "digits", "prune": {"ratio": 0.5}, **overrides})
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+    return out
+
+
+def test_resume_reads_the_saved_config(tmp_path, capsys):
+    out = _unfinished(tmp_path)
+
+    # The saved config is used (no "another config" error): the run gets as far as the folder rules.
+    assert main(["run", "--out", str(out), "--resume", "--quiet"]) == 2
+    assert "nothing to resume in" in capsys.readouterr().err
+    assert main(["run", "tiny_mobilenet_v3", "--prune", "0.5", "--out", str(out), "--resume", "--quiet"]) == 2
+    assert "nothing to resume in" in capsys.readouterr().err  # repeating the original flags is fine too
+
+
+def test_resume_refuses_flags_that_change_the_run(tmp_path, capsys):
+    out = _unfinished(tmp_path)
+
+    assert main(["run", "--out", str(out), "--resume", "--prune", "0.3", "--int8", "--quiet"]) == 2
+
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[:2] == [
+        f"compress: error: --prune does not match the run being resumed (prune.ratio is 0.5 in {out / 'config.yaml'}, "
+        "0.3 here): drop it to resume that run, or start over with --force",
+        f"compress: error: --int8 does not match the run being resumed (quantize is off in {out / 'config.yaml'}, "
+        "on here): drop it to resume that run, or start over with --force",
+    ]
+
+
+def test_resume_without_a_saved_config_says_so(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "new"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to resume in" in err and "no config.yaml" in err
+    assert not (tmp_path / "new").exists()
+
+
+# ------------------------------------------------------------------------------------------------ failures leave nothing
+
+def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "compress.cli", *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_a_failed_data_check_leaves_no_run_folder(tmp_path):
+    proc = _cli("run", "tiny_mobilenet_v3", "--data", str(tmp_path / "missing"), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert not (tmp_path / "runs").exists()  # neither the run folder nor the runs/ it created
+
+    nested = tmp_path / "a" / "b" / "run"
+    proc = _cli("run", "tiny_mobilenet_v3", "--data", str(tmp_path / "missing"), "--out", str(nested), cwd=tmp_path)
+    assert proc.returncode == 2 and not (tmp_path / "a").exists()
+
+
+def test_a_failed_run_never_removes_a_folder_that_existed(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+
+    proc = _cli("run", "tiny_mobilenet_v3", "--data", str(tmp_path / "missing"), "--out", str(mine), cwd=tmp_path)
+
+    assert proc.returncode == 2
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    from compress import pipeline
+
+    def interrupted_after_first_step(cfg, run_dir, **kw):
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        (run_dir / "progress.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run", interrupted_after_first_step)
+    out = tmp_path / "my run"
+
+    assert main(["run", "tiny_mobilenet_v3", "--data", "digits", "--out", str(out), "--quiet"]) == 130
+
+    err = capsys.readouterr().err
+    assert err.strip() == (f"compress: interrupted; finished work is kept in {out}: continue with "
+                           f"`compress run --out '{out}' --resume`")
+    assert (out / "progress.json").exists()
+
+
+def test_ctrl_c_before_any_step_keeps_nothing(tmp_path, monkeypatch, capsys):
+    from compress import pipeline
+
+    def interrupted_at_once(cfg, run_dir, **kw):
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run", interrupted_at_once)
+
+    assert main(["run", "tiny_mobilenet_v3", "--data", "digits", "--out", str(tmp_path / "r"), "--quiet"]) == 130
+    assert "nothing was kept" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

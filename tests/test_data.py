@@ -55,6 +55,13 @@ def test_image_folder_with_train_and_val(tmp_path):
 @pytest.mark.parametrize("setup, message", [
     (lambda p: _folder(p, ["only"]), "only one class"),
     (lambda p: p.mkdir(), "no images found"),
+    (lambda p: (_folder(p, ["a", "b"]), (p / "c").mkdir()), r"class folder \S+/data/c holds no images"),
+    (lambda p: (_folder(p, ["a", "b"]), (p / "c").mkdir(), (p / "c" / "notes.txt").write_text("x"),
+                (p / "d").mkdir()), r"class folders \S+/data/c, \S+/data/d hold no images \(\.bmp, "),
+    (lambda p: (_folder(p / "train", ["a", "b", "c"]), _folder(p / "val", ["a", "b"]), (p / "val" / "c").mkdir()),
+     r"class folder \S+/data/val/c holds no images"),
+    (lambda p: (_folder(p / "train", ["a", "b"]), (p / "train" / "c").mkdir(), _folder(p / "val", ["a", "b", "c"])),
+     r"class folder \S+/data/train/c holds no images"),
     (lambda p: (_folder(p / "train", ["a", "b"]), _folder(p / "val", ["a"])), r"missing from val/: \['b'\]"),
     (lambda p: (_folder(p, ["a", "b"]), (p / "a" / "bad.png").write_bytes(b"not a png")), "cannot read image .*bad.png"),
     (lambda p: (_folder(p, ["a", "b"]), (p / "a" / "empty.png").write_bytes(b"")), "cannot read image .*empty.png"),
@@ -63,8 +70,46 @@ def test_image_folder_with_train_and_val(tmp_path):
 def test_bad_image_folders_give_one_clear_error(tmp_path, setup, message):
     p = tmp_path / "data"
     setup(p)
-    with pytest.raises(CompressError, match=message):
+    with pytest.raises(CompressError, match=message) as error:
         load_dataset(str(p), input_size=32)
+    assert "\n" not in str(error.value)
+
+
+def test_hidden_files_are_not_images(tmp_path):
+    """macOS leaves "._name.jpg" resource files beside photos copied from it: not images."""
+    root = _folder(tmp_path / "photos", ["cat", "dog"], n=5)
+    (root / "cat" / "._0.jpg").write_bytes(b"\x00\x05\x16\x07 Mac OS X resource fork")
+    ds = load_dataset(str(root), input_size=32)
+    assert ds.train_x.shape[0] + ds.test_x.shape[0] == 10
+
+
+def test_exif_orientation_is_applied_before_resizing(tmp_path):
+    """Issue #16.13: a portrait phone photo (stored sideways, EXIF Orientation 6) is trained on upright,
+    as the web page and the Pi runner see it."""
+    # Setup: train/a holds the photo as the camera stored it; val/a the same pixels physically turned
+    # 90 degrees clockwise, which is what Orientation 6 asks a viewer to do
+    yy, xx = np.mgrid[0:24, 0:40]
+    pixels = np.stack([xx * 6, yy * 10, (xx + yy) % 7 * 30], axis=-1).astype(np.uint8)
+    root = tmp_path / "photos"
+    for split in ("train", "val"):
+        _folder(root / split, ["b"], n=1)
+        (root / split / "a").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = root / "train" / "a" / "portrait.jpg"
+    Image.fromarray(pixels).save(photo, quality=95, exif=exif)
+    with Image.open(photo) as stored:
+        decoded = np.asarray(stored.convert("RGB"))  # the file's pixels, not turned
+    Image.fromarray(np.ascontiguousarray(np.rot90(decoded, k=-1))).save(root / "val" / "a" / "portrait.png")
+
+    # Execute
+    ds = load_dataset(str(root), input_size=32)
+
+    # Assert: class "a" comes first in both splits; the loaded photo is the turned picture, to the bit
+    assert ds.train_y.tolist() == ds.test_y.tolist() == [0, 1]
+    assert torch.equal(ds.train_x[0], ds.test_x[0])
+    sideways = np.asarray(Image.fromarray(decoded).resize((32, 32), Image.BILINEAR)).transpose(2, 0, 1)
+    assert np.abs(ds.train_x[0].numpy().astype(int) - sideways).max() > 100  # the turn matters here
 
 
 def test_input_size_too_small_is_refused():

@@ -1,34 +1,31 @@
-"""The Raspberry Pi runner (edge_demo/pi/runner.py): its command line, and the ARM check.
+"""The ARM check: the Raspberry Pi runner (edge_demo/pi/runner.py) gives the same predictions on aarch64.
 
-The ARM check runs the runner inside an emulated 64-bit Arm Debian userland (tests/arm_rootfs.py,
-Cortex-A76 as in a Raspberry Pi 5) and compares its logits with the same runner on this machine,
-on real Fashion-MNIST test images, for the FP32 and the INT8 model of a real edge bundle.
+It runs the runner inside an emulated 64-bit Arm Debian userland (tests/arm_rootfs.py, Cortex-A76 as in a
+Raspberry Pi 5) and compares its logits with the same runner on this machine, on real Fashion-MNIST test images,
+for the FP32 and the INT8 model of a real edge bundle. The runner's command line itself is tested in
+tests/test_pi_runner.py.
 
-Fixtures from tests/conftest.py: `edge_bundle` (an edge/ folder from the compress pipeline, with
-an INT8 model.onnx and model_fp32.onnx) and `fmnist_test_images` (class subfolders named by
-label holding at least 200 Fashion-MNIST test images).
+Fixtures from tests/conftest.py: `edge_bundle` (an edge/ folder from the compress pipeline, with an INT8 and an
+FP32 model, named in its manifest.json) and `fmnist_test_images` (class subfolders named by label holding at least
+200 Fashion-MNIST test images).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
-import platform
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from PIL import Image
 
-HERE = Path(__file__).resolve().parent
-RUNNER = HERE.parent / "edge_demo" / "pi" / "runner.py"
+from tests.test_pi_runner import (HERE, RUNNER, Logits, images_in, load_dump, load_module, model_files,
+                                  rehash)
+
 MIN_IMAGES = 200
 MAX_IMAGES = 300  # emulation runs about 100x slower than native; this bounds the check's time
 # How close the emulated aarch64 run must come to the x86 run (see Tolerance).
@@ -45,37 +42,10 @@ INT8_MAX_STEPS = 16
 INT8_MIN_IDENTICAL = 0.95
 THREADS = "1"  # thread count does not change these kernels' results; 1 is fastest under QEMU
 
-
-def _load(name: str, path: Path):
-    """Import a file as a module, whatever pytest's import mode and sys.path are."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-runner = _load("pi_runner", RUNNER)
-arm_rootfs = _load("arm_rootfs", HERE / "arm_rootfs.py")
+arm_rootfs = load_module("arm_rootfs", HERE / "arm_rootfs.py")
 
 
 # --------------------------------------------------------------------------- helpers
-
-@dataclass(frozen=True)
-class Logits:
-    """A --dump-logits file: image paths and their logits [N, C], in the same order."""
-
-    paths: list[str]
-    values: np.ndarray
-
-
-def load_dump(path: Path) -> Logits:
-    if path.suffix == ".npz":
-        with np.load(path) as data:
-            return Logits(paths=[str(p) for p in data["paths"]], values=data["logits"])
-    doc = json.loads(path.read_text())
-    return Logits(paths=doc["paths"], values=np.asarray(doc["logits"], dtype=np.float32))
-
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -139,54 +109,9 @@ def output_step(model: Path) -> float | None:
 def tolerance(bundle: Path, model: str) -> Tolerance:
     if model == "fp32":
         return Tolerance(atol=FP32_ATOL)
-    step = output_step(bundle / "model.onnx")
-    assert step is not None, "model.onnx's output is not dequantized: is it INT8 (QDQ)?"
+    step = output_step(bundle / model_files(bundle)["int8"])
+    assert step is not None, "the INT8 model's output is not dequantized: is it INT8 (QDQ)?"
     return Tolerance(atol=INT8_MAX_STEPS * step, min_identical=INT8_MIN_IDENTICAL)
-
-
-def reference_logits(model: Path, image: Path, pre: dict) -> np.ndarray:
-    """BUNDLE.md's preprocessing written out independently of the runner, then ONNX Runtime."""
-    rgb = Image.open(image).convert("RGB").resize((pre["width"], pre["height"]), Image.BILINEAR)
-    x = np.asarray(rgb).astype(np.float32) * np.float32(pre["scale"])
-    x = (x - np.float32(pre["mean"])) / np.float32(pre["std"])
-    x = x.transpose(2, 0, 1)[np.newaxis]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    return session.run([pre["output_name"]], {pre["input_name"]: x})[0][0]
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run the runner's main() in this process: exit status, stdout, stderr."""
-    code = runner.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*.png"))
-
-
-def label_of_folder(name: str, labels: list[str]) -> int:
-    """Fixture folders are named by label, with characters a path cannot hold replaced."""
-    key = "".join(c for c in name.casefold() if c.isalnum())
-    matches = [i for i, label in enumerate(labels)
-               if "".join(c for c in label.casefold() if c.isalnum()) == key]
-    assert len(matches) == 1, f"folder {name!r} matches no single label of {labels}"
-    return matches[0]
-
-
-def rehash(bundle: Path) -> None:
-    """Rewrite manifest.json's sha256 and size of every file it lists, after an edit."""
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    for name in list(manifest["files"]):
-        path = bundle / name
-        if path.exists():
-            manifest["files"][name] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                                       "size_bytes": path.stat().st_size}
-        else:
-            del manifest["files"][name]
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
 @pytest.fixture(scope="module")
@@ -341,7 +266,8 @@ def test_arm_check_catches_an_altered_model(x86_logits, edge_bundle, check_image
     bump = float(np.median(gaps[gaps > 0])) + 1e-3  # enough to flip about half the images
     altered = tmp_path / "edge"
     shutil.copytree(edge_bundle, altered)
-    model = onnx.load(str(altered / "model_fp32.onnx"))
+    fp32 = model_files(edge_bundle)["fp32"]
+    model = onnx.load(str(altered / fp32))
     out = model.graph.output[0].name
     for node in model.graph.node:
         node.output[:] = [f"{out}_unbumped" if o == out else o for o in node.output]
@@ -349,7 +275,7 @@ def test_arm_check_catches_an_altered_model(x86_logits, edge_bundle, check_image
     delta[0, cls] = bump
     model.graph.initializer.append(numpy_helper.from_array(delta, "class_bump"))
     model.graph.node.append(helper.make_node("Add", [f"{out}_unbumped", "class_bump"], [out]))
-    onnx.save(model, str(altered / "model_fp32.onnx"))
+    onnx.save(model, str(altered / fp32))
     rehash(altered)
 
     # Execute
@@ -390,295 +316,3 @@ def test_interrupted_build_never_looks_complete(tmp_path):
     # Assert: nothing of the failed build is left; the next one completes in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
     assert sorted(p.name for p in done.iterdir()) == ["whole.txt"]
-
-
-# --------------------------------------------------------------------------- the runner
-
-def test_single_image_prints_top_k_and_latency(capsys, edge_bundle, fmnist_test_images):
-    # Setup
-    image = images_in(fmnist_test_images)[0]
-    pre = json.loads((edge_bundle / "preprocess.json").read_text())
-    labels = json.loads((edge_bundle / "labels.json").read_text())
-    expected = reference_logits(edge_bundle / "model.onnx", image, pre)
-
-    # Execute
-    code, out, err = cli(capsys, edge_bundle, image, "--top-k", "2", "--threads", "1")
-
-    # Assert
-    assert (code, err) == (0, "")
-    lines = out.splitlines()
-    assert lines[1].split()[:2] == ["1.", labels[int(expected.argmax())].split()[0]]
-    assert lines[2].lstrip().startswith("2.") and lines[3].startswith("latency: ")
-    shown = float(lines[1].rsplit(maxsplit=1)[1].rstrip("%")) / 100
-    p = np.exp(expected - expected.max())
-    assert shown == pytest.approx(p.max() / p.sum(), abs=0.0006)  # printed to 0.1%
-
-
-@pytest.mark.parametrize("model, file", [("int8", "model.onnx"), ("fp32", "model_fp32.onnx"),
-                                         ("model_fp32.onnx", "model_fp32.onnx")])
-def test_logits_follow_bundle_preprocessing(capsys, tmp_path, edge_bundle, fmnist_test_images,
-                                            model, file):
-    # Setup: grayscale test images plus an RGB image of another size, so every step matters
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for image in images_in(fmnist_test_images)[:3]:
-        shutil.copy(image, folder / image.name)
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (45, 70, 3), dtype=np.uint8)).save(folder / "rgb.png")
-    pre = json.loads((edge_bundle / "preprocess.json").read_text())
-    dump = tmp_path / "logits.json"
-
-    # Execute
-    code, _, err = cli(capsys, edge_bundle, folder, "--model", model, "--threads", "1",
-                       "--dump-logits", dump)
-
-    # Assert
-    assert (code, err) == (0, "")
-    got = load_dump(dump)
-    assert got.paths == sorted(p.name for p in folder.iterdir())
-    expected = [reference_logits(edge_bundle / file, folder / p, pre) for p in got.paths]
-    np.testing.assert_allclose(got.values, np.stack(expected), rtol=0, atol=1e-5)
-
-
-def test_grayscale_image_becomes_three_equal_channels(edge_bundle, fmnist_test_images):
-    # Setup
-    bundle = runner.load_bundle(edge_bundle)
-    pre = bundle.preprocess
-    image = Image.open(images_in(fmnist_test_images)[0])
-    assert image.mode == "L"
-
-    # Execute
-    x = runner.to_tensor(image, pre)
-
-    # Assert
-    assert x.shape == (1, 3, pre.height, pre.width) and x.dtype == np.float32
-    raw = x[0] * np.float32(pre.std)[:, None, None] + np.float32(pre.mean)[:, None, None]
-    np.testing.assert_allclose(raw[0], raw[1], atol=1e-6)
-    np.testing.assert_allclose(raw[1], raw[2], atol=1e-6)
-
-
-def test_folder_reports_accuracy_against_label_folders(capsys, tmp_path, edge_bundle,
-                                                       check_images):
-    # Setup
-    labels = json.loads((edge_bundle / "labels.json").read_text())
-    dump = tmp_path / "logits.npz"
-
-    # Execute
-    code, out, err = cli(capsys, edge_bundle, check_images, "--threads", "1",
-                         "--dump-logits", dump)
-
-    # Assert: the printed accuracy is the share of images whose argmax is their folder's label
-    assert (code, err) == (0, "")
-    got = load_dump(dump)
-    truth = np.array([label_of_folder(p.split("/")[0], labels) for p in got.paths])
-    correct = int((got.values.argmax(axis=1) == truth).sum())
-    n = len(images_in(check_images))
-    assert len(got.paths) == n
-    assert f"accuracy: {correct}/{n} = " in out
-    assert out.count("\n") >= n + 3  # one line per image, then the summary
-
-
-def test_folder_named_by_label_index_and_flat_folder(capsys, tmp_path, edge_bundle,
-                                                     fmnist_test_images):
-    # Setup: two images per class under "0".."9", and the same images in one flat folder
-    labels = json.loads((edge_bundle / "labels.json").read_text())
-    by_index, flat = tmp_path / "by_index", tmp_path / "flat"
-    flat.mkdir()
-    for folder in sorted(p for p in fmnist_test_images.iterdir() if p.is_dir()):
-        index = label_of_folder(folder.name, labels)
-        (by_index / str(index)).mkdir(parents=True)
-        for image in images_in(folder)[:2]:
-            shutil.copy(image, by_index / str(index) / image.name)
-            shutil.copy(image, flat / f"{index}_{image.name}")
-    dump = tmp_path / "logits.npz"
-
-    # Execute
-    code, out, _ = cli(capsys, edge_bundle, by_index, "--threads", "1", "--dump-logits", dump)
-    flat_code, flat_out, _ = cli(capsys, edge_bundle, flat, "--threads", "1")
-
-    # Assert
-    assert code == flat_code == 0
-    got = load_dump(dump)
-    truth = np.array([int(p.split("/")[0]) for p in got.paths])
-    correct = int((got.values.argmax(axis=1) == truth).sum())
-    assert f"accuracy: {correct}/{len(truth)} = " in out
-    assert "accuracy: n/a" in flat_out
-
-
-def test_bench_json_record(capsys, tmp_path, edge_bundle):
-    # Setup
-    json_out = tmp_path / "bench.json"
-
-    # Execute
-    code, out, err = cli(capsys, edge_bundle, "--bench", "--runs", "20", "--threads", "1",
-                         "--power-watts", "4.5", "--json", "--json-out", json_out)
-
-    # Assert
-    assert (code, err) == (0, "")
-    report = json.loads(out)
-    assert json.loads(json_out.read_text()) == report
-    assert (report["schema_version"], report["kind"], report["model"]) == (1, "bench",
-                                                                          "model.onnx")
-    assert report["environment"] == {"machine": platform.machine(),
-                                     "cpu": report["environment"]["cpu"],
-                                     "python": platform.python_version(),
-                                     "onnxruntime": ort.__version__, "threads": 1}
-    m = report["metrics"]
-    assert set(m) == {"latency_ms_median", "latency_ms_p90", "latency_batch", "latency_runs",
-                      "threads",
-                      "throughput_ips", "throughput_batch", "size_bytes",
-                      "energy_per_inference_j", "energy_method"}
-    assert 0 < m["latency_ms_median"] <= m["latency_ms_p90"]
-    assert (m["latency_batch"], m["threads"], m["throughput_batch"]) == (1, 1, 1)
-    assert m["size_bytes"] == (edge_bundle / "model.onnx").stat().st_size
-    assert m["energy_per_inference_j"] == pytest.approx(4.5 / m["throughput_ips"], rel=1e-9)
-    assert m["energy_method"] == "user-power: 4.5 watts × time"
-    assert (m["latency_runs"], report["warmup_runs"]) == (20, runner.WARMUP_RUNS)
-
-
-def test_bench_without_power_meter_and_default_runs(capsys, edge_bundle):
-    # Execute
-    start = time.perf_counter()
-    code, out, _ = cli(capsys, edge_bundle, "--bench", "--model", "fp32", "--threads", "1",
-                       "--json")
-    seconds = time.perf_counter() - start
-
-    # Assert
-    assert code == 0
-    report = json.loads(out)
-    m = report["metrics"]
-    assert report["model"] == "model_fp32.onnx"
-    assert m["size_bytes"] == (edge_bundle / "model_fp32.onnx").stat().st_size
-    assert (m["energy_per_inference_j"], m["energy_method"]) == (None, "none")
-    assert m["latency_runs"] >= runner.MIN_RUNS
-    assert seconds >= runner.MIN_SECONDS  # timed for at least that long by default
-
-
-def _copy(bundle: Path, tmp: Path) -> Path:
-    copy = tmp / "edge"
-    shutil.copytree(bundle, copy)
-    return copy
-
-
-def _flip_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def _fp32_only(bundle: Path, tmp: Path) -> Path:
-    copy = _copy(bundle, tmp)
-    (copy / "model_fp32.onnx").replace(copy / "model.onnx")
-    (copy / "model.ort").unlink(missing_ok=True)
-    rehash(copy)
-    return copy
-
-
-def _tampered_model(b: Path, i: Path, t: Path):
-    _flip_byte((c := _copy(b, t)) / "model.onnx")
-    return [c, i], "model.onnx in"
-
-
-def _edited_preprocess(b: Path, i: Path, t: Path):
-    ((c := _copy(b, t)) / "preprocess.json").write_text("{}")
-    return [c, i], "preprocess.json in"
-
-
-def _missing_labels(b: Path, i: Path, t: Path):
-    ((c := _copy(b, t)) / "labels.json").unlink()
-    return [c, i], "labels.json is missing"
-
-
-def _unlisted_labels(b: Path, i: Path, t: Path):
-    ((c := _copy(b, t)) / "labels.json").unlink()
-    rehash(c)
-    return [c, i], "labels.json is missing"
-
-
-def _missing_model(b: Path, i: Path, t: Path):
-    ((c := _copy(b, t)) / "model_fp32.onnx").unlink()
-    return [c, i], "model_fp32.onnx is missing"
-
-
-def _corrupt_image(b: Path, i: Path, t: Path):
-    (t / "bad.png").write_bytes(b"not a png")
-    return [b, t / "bad.png"], "cannot read image"
-
-
-def _truncated_image(b: Path, i: Path, t: Path):
-    data = i.read_bytes()
-    (t / "cut.png").write_bytes(data[:len(data) // 2])
-    return [b, t / "cut.png"], "cannot read image"
-
-
-# Each case: (bundle, an image, an empty folder) -> (arguments, words the error line contains).
-BAD_INPUTS = {
-    "missing bundle": lambda b, i, t: ([t / "nowhere", i], "not found"),
-    "folder without manifest": lambda b, i, t: ([t, i], "no manifest.json"),
-    "tampered model": _tampered_model,
-    "edited preprocess.json": _edited_preprocess,
-    "missing labels.json": _missing_labels,
-    "labels.json not in manifest": _unlisted_labels,
-    "missing model file": _missing_model,
-    "corrupt image": _corrupt_image,
-    "truncated image": _truncated_image,
-    "empty folder": lambda b, i, t: ([b, t], "no images"),
-    "missing image": lambda b, i, t: ([b, t / "none.png"], "not found"),
-    "unknown model": lambda b, i, t: ([b, i, "--model", "fp16"], "--model fp16"),
-    "model that is not a model": lambda b, i, t: ([b, i, "--model", "labels.json"],
-                                                  "cannot load labels.json"),
-    "int8 of an FP32 bundle": lambda b, i, t: ([_fp32_only(b, t), i, "--model", "int8"],
-                                               "no INT8 model"),
-    "zero threads": lambda b, i, t: ([b, i, "--threads", "0"], "--threads"),
-    "threads not a number": lambda b, i, t: ([b, i, "--threads", "four"], "--threads"),
-    "zero top-k": lambda b, i, t: ([b, i, "--top-k", "0"], "--top-k"),
-    "negative power": lambda b, i, t: ([b, "--bench", "--power-watts", "-3"], "--power-watts"),
-    "power without bench": lambda b, i, t: ([b, i, "--power-watts", "3"], "goes with --bench"),
-    "dump suffix": lambda b, i, t: ([b, i, "--dump-logits", t / "x.txt"], ".npz or .json"),
-    "unknown flag": lambda b, i, t: ([b, i, "--fast"], "--fast"),
-    "nothing to do": lambda b, i, t: ([b], "nothing to do"),
-    "two modes": lambda b, i, t: ([b, i, "--bench"], "only one of"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_gives_one_line_and_status_2(case, capsys, tmp_path, edge_bundle,
-                                               fmnist_test_images):
-    # Setup
-    work = tmp_path / "work"
-    work.mkdir()
-    args, words = BAD_INPUTS[case](edge_bundle, images_in(fmnist_test_images)[0], work)
-
-    # Execute
-    code, out, err = cli(capsys, *args)
-
-    # Assert
-    assert code == 2
-    assert err.count("\n") == 1 and err.startswith("error: "), err
-    assert words in err
-
-
-def test_camera_without_camera_library_says_what_to_install(capsys, edge_bundle):
-    if importlib.util.find_spec("cv2") or importlib.util.find_spec("picamera2"):
-        pytest.skip("a camera library is installed here; this checks the message without one")
-    code, _, err = cli(capsys, edge_bundle, "--camera", "--frames", "1")
-    assert code == 2
-    assert err.count("\n") == 1 and "picamera2" in err and "opencv" in err.lower()
-
-
-def test_tampered_bundle_process_exits_2_without_traceback(tmp_path, edge_bundle,
-                                                           fmnist_test_images):
-    # Setup
-    bundle = _copy(edge_bundle, tmp_path)
-    _flip_byte(bundle / "model.onnx")
-
-    # Execute: the real process, as a user on a Pi runs it
-    result = subprocess.run([sys.executable, str(RUNNER), str(bundle),
-                             str(images_in(fmnist_test_images)[0])],
-                            capture_output=True, text=True, timeout=120)
-
-    # Assert
-    assert result.returncode == 2
-    assert result.stdout == ""
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    assert "model.onnx" in result.stderr and "sha256" in result.stderr

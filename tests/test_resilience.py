@@ -46,13 +46,14 @@ def test_sigkill_during_finetune_then_resume_reaches_the_same_metrics(smoke_run,
     assert not (out / "report.json").exists() and (out / "progress.json").exists()
     assert not (out / "finetune" / "model.pt").exists()  # the unfinished step left no artifact behind
 
-    assert main(["run", "--config", str(SMOKE), "--out", str(out), "--resume", "--quiet"]) == 0
+    # Resuming needs only the folder: the config comes from its config.yaml (issue #16.9).
+    assert main(["run", "--out", str(out), "--resume", "--quiet"]) == 0
 
     resumed, reference = RunReport.load(out), RunReport.load(smoke_run)
     assert [s.step for s in resumed.steps] == [s.step for s in reference.steps]
     for a, b in zip(resumed.steps, reference.steps):
         for key in ("top1_pct", "params", "macs", "size_bytes"):
-            assert a.metrics[key] == b.metrics[key], (a.step, key)
+            assert getattr(a.metrics, key) == getattr(b.metrics, key), (a.step, key)
         if a.kind == "torch":
             assert a.artifact_sha256 == b.artifact_sha256, a.step  # bit-identical weights
     assert not (out / LOCK).exists() and not (out / "progress.json").exists()
@@ -141,3 +142,43 @@ def test_resume_with_another_config_is_refused(tmp_path, capsys):
     assert main(["run", "tiny_mobilenet_v3", "--data", "digits", "--prune", "0.3", "--out", str(out),
                  "--quiet"]) == 2
     assert "unfinished run with another config" in capsys.readouterr().err
+
+
+def test_a_run_that_fails_before_any_work_removes_the_folders_it_created(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "other").mkdir()  # someone else's run beside ours
+    run_dir = tmp_path / "runs" / "new" / "deeper"
+
+    with pytest.raises(CompressError, match="boom"):
+        with prepare_run_dir(run_dir):
+            (run_dir / "config.yaml").write_text("model: x\n")
+            raise CompressError("boom")
+
+    assert not (tmp_path / "runs" / "new").exists()  # the run folder and the parent it created
+    assert (tmp_path / "runs" / "other").is_dir()  # what existed before stays
+
+
+def test_a_failed_run_keeps_work_that_can_be_resumed(tmp_path):
+    run_dir = tmp_path / "run"
+
+    with pytest.raises(KeyboardInterrupt):
+        with prepare_run_dir(run_dir):
+            (run_dir / "baseline").mkdir()
+            (run_dir / "baseline" / "train_state.pt").write_bytes(b"epoch 3")  # an epoch of baseline training
+            raise KeyboardInterrupt
+
+    assert (run_dir / "baseline" / "train_state.pt").exists()
+    with prepare_run_dir(run_dir, resume=True):  # and --resume accepts it: fit() continues from the checkpoint
+        pass
+
+
+def test_a_failed_run_never_removes_a_folder_it_did_not_create(tmp_path):
+    run_dir = tmp_path / "existing"
+    run_dir.mkdir()
+
+    with pytest.raises(CompressError):
+        with prepare_run_dir(run_dir):
+            (run_dir / "config.yaml").write_text("model: x\n")
+            raise CompressError("boom")
+
+    assert run_dir.is_dir()

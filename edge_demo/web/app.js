@@ -33,11 +33,15 @@ function bundleLocation() {
 
 function describe(bundle) {
   const { manifest, model } = bundle;
-  const quantized = model === 'model.onnx' && manifest.files['model_fp32.onnx'] !== undefined;
+  // Bundles since compress 0.2 name each precision's file (manifest.models); older ones had model_fp32.onnx
+  // beside an INT8 model.onnx only.
+  const int8 = manifest.models ? model === manifest.models.int8
+    : model === 'model.onnx' && manifest.files['model_fp32.onnx'] !== undefined;
   return {
     bundleUrl: bundle.url,
     model,
-    precision: quantized ? 'INT8' : 'FP32',
+    precision: int8 ? `INT8${manifest.target ? ` (built for ${manifest.target})` : ''}` : 'FP32',
+    deployed: model === 'model.onnx',
     modelBytes: bundle.modelBytes,
     architecture: manifest.model,
     dataset: manifest.dataset,

@@ -1,0 +1,137 @@
+"""Does the adaptive training recipe hold off the default job? A matrix of models × data sets × input sizes.
+
+Each cell is a real ``compress run MODEL --data DATA --input-size S --prune 0.3 --int8 --max-drop 1`` from
+scratch: it must train well above chance, never diverge, and deploy a model within the accuracy budget.
+
+Data (all offline, real images):
+
+* ``fashion-mnist``: the 60,000-image default (grey).
+* ``photos-3``: about 2,000 colour photo crops in 3 classes (random 96-px crops of scikit-image's ``coffee`` and
+  ``chelsea`` and scikit-learn's ``flower``, saved as JPEGs), the size of a user's own small photo folder.
+* ``fmnist-5``: 500 grey Fashion-MNIST training images in 5 classes, saved as PNGs (100 per class).
+
+    python -m benchmarks.recipes            # the whole matrix (hours on 2 cores: run it on a quiet machine)
+    python -m benchmarks.recipes --quick    # two small cells, a couple of minutes
+
+Writes ``benchmarks/results/recipes{_quick}.{md,json,csv}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._common import RESULTS, environment, finish_environment, write_results
+
+MODELS = ("mobilenet_v3_small", "mobilenet_v2", "efficientnet_b0", "efficientnet_lite0")
+DATA = ("fashion-mnist", "photos-3", "fmnist-5")
+SIZES = (32, 64)
+QUICK = [("mobilenet_v3_small", "fmnist-5", 32), ("efficientnet_b0", "photos-3", 32)]
+EPOCHS = {"fashion-mnist": 3, "photos-3": 3, "fmnist-5": 8}  # small sets get more passes over fewer images
+
+
+def photo_crops(root: Path, per_class: int = 660, crop: int = 96, seed: int = 0) -> Path:
+    """``root/<class>/*.jpg``: random crops of real colour photos shipped in scikit-image and scikit-learn."""
+    from PIL import Image
+    from skimage import data as skdata
+    from sklearn.datasets import load_sample_image
+
+    sources = {"coffee": skdata.coffee(), "cat": skdata.chelsea(), "flower": load_sample_image("flower.jpg")}
+    rng = np.random.default_rng(seed)
+    for name, img in sources.items():
+        folder = root / name
+        if folder.is_dir() and len(list(folder.glob("*.jpg"))) == per_class:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        h, w = img.shape[:2]
+        for i in range(per_class):
+            y, x = rng.integers(0, h - crop), rng.integers(0, w - crop)
+            Image.fromarray(img[y:y + crop, x:x + crop]).save(folder / f"{i:04d}.jpg", quality=90)
+    return root
+
+
+def fmnist_folder(root: Path, classes: int = 5, per_class: int = 100) -> Path:
+    """``root/<label>/*.png``: the first ``per_class`` Fashion-MNIST training images of the first classes."""
+    from PIL import Image
+
+    from compress.data import FASHION_MNIST_DEBIAN, FASHION_MNIST_LABELS, read_idx
+
+    images = read_idx(FASHION_MNIST_DEBIAN / "train-images-idx3-ubyte.gz")
+    labels = read_idx(FASHION_MNIST_DEBIAN / "train-labels-idx1-ubyte.gz")
+    for c in range(classes):
+        folder = root / FASHION_MNIST_LABELS[c].replace("/", "_")
+        if folder.is_dir() and len(list(folder.glob("*.png"))) == per_class:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in np.flatnonzero(labels == c)[:per_class]:
+            Image.fromarray(images[i]).save(folder / f"{i:05d}.png")
+    return root
+
+
+def data_path(name: str, work: Path) -> str:
+    if name == "photos-3":
+        return str(photo_crops(work / "photos-3"))
+    if name == "fmnist-5":
+        return str(fmnist_folder(work / "fmnist-5"))
+    return name
+
+
+def run_cell(model: str, data: str, size: int, work: Path, *, quick: bool) -> dict:
+    from compress.config import resolve
+    from compress.pipeline import run
+    from compress.records import chance_pct
+
+    overrides = {"model": model, "data": data_path(data, work), "input_size": size, "weights": "none",
+                 "prune": {"ratio": 0.3}, "quantize": {}, "max_drop": 1.0, "allow_chance": True,
+                 "train": {"epochs": EPOCHS[data]}, "finetune": {"epochs": 4 if quick else 6, "quant_aware_epochs": 2}}
+    if quick:
+        overrides["measure"] = {"min_runs": 50, "min_seconds": 0.2, "throughput_seconds": 0.2, "warmup_runs": 5}
+    out = work / "runs" / f"{model}_{data}_{size}"
+    start = time.monotonic()
+    report = run(resolve(overrides=overrides), out)
+    base, final = report.baseline, report.deployed()
+    warnings = [w for s in report.steps for w in s.warnings]
+    chance = chance_pct(base.confusion) or 0.0
+    return {
+        "model": model, "data": data, "input_size": size, "train_images": report.dataset["train_images"],
+        "test_images": report.dataset["test_images"], "classes": report.dataset["classes"],
+        "batch": base.notes.get("recipe", {}).get("batch_size"), "peak_lr": base.notes.get("recipe", {}).get("lr"),
+        "chance_pct": round(chance, 2), "baseline_top1_pct": round(base.metrics.top1_pct, 2),
+        "deployed_step": final.step, "final_top1_pct": round(final.metrics.top1_pct, 2),
+        "drop_pt": round(base.metrics.top1_pct - final.metrics.top1_pct, 2),
+        "diverged_and_recovered": sum("diverged" in w for w in warnings),
+        "well_above_chance": base.metrics.top1_pct >= chance + 0.5 * (100 - chance),
+        "within_budget": base.metrics.top1_pct - final.metrics.top1_pct <= 1.0,
+        "seconds": round(time.monotonic() - start),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.recipes", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="two small cells (a couple of minutes)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
+    p.add_argument("--cells", nargs="*", metavar="MODEL:DATA:SIZE", help="run only these cells")
+    a = p.parse_args(argv)
+    env = environment([1])
+    cells = ([tuple(c.split(":")) for c in a.cells] if a.cells else
+             QUICK if a.quick else [(m, d, s) for d in DATA for m in MODELS for s in SIZES])
+    work = a.out / "runs" / ("recipes_quick" if a.quick else "recipes")
+    rows = [run_cell(m, d, int(s), work, quick=a.quick) for m, d, s in cells]
+    finish_environment(env)
+    stem = "recipes_quick" if a.quick else "recipes"
+    head = list(rows[0])
+    md = [f"# Training recipes across jobs ({'quick' if a.quick else 'full'} matrix)", "",
+          "Each cell: `compress run MODEL --data DATA --input-size SIZE --weights none --prune 0.3 --int8 --max-drop 1`"
+          f" with the adaptive recipe; CPU: {env['cpu']} ({env['cores']} cores).", "",
+          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    md += ["| " + " | ".join(str(r[k]) for k in head) + " |" for r in rows]
+    write_results(a.out, stem, md, rows, {"environment": env, "rows": rows})
+    print("\n".join(md))
+    return 0 if all(r["well_above_chance"] and r["within_budget"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

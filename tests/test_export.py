@@ -1,0 +1,70 @@
+"""Export on a real trained model: a valid ONNX file whose logits match torch on real images, one definition of
+MACs for both kinds of model, and no artifact left behind when the parity check fails."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from compress.core import OnnxModel, run_onnx, session
+from compress.errors import CompressError
+from compress.export import Export
+from compress.measure import onnx_params_macs, torch_macs
+from tests.helpers import context, fmnist_subset, params, trained_tiny
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return trained_tiny(tmp_path_factory.mktemp("base"))
+
+
+def test_export_matches_torch_on_real_images(trained, tmp_path):
+    data = fmnist_subset()
+
+    with context(tmp_path) as ctx:
+        onnx_model = Export()(trained, ctx)
+
+    notes = ctx.notes["export"]
+    assert isinstance(onnx_model, OnnxModel) and onnx_model.path == tmp_path / "export" / "model.onnx"
+    onnx.checker.check_model(str(onnx_model.path))
+    x = data.normalize(data.test_x[:64])
+    with torch.inference_mode():
+        ref = trained(x).numpy()
+    np.testing.assert_allclose(run_onnx(session(onnx_model.path), x.numpy()), ref, atol=1e-3)
+    assert notes["parity_max_abs_diff"] <= notes["parity_limit"] and notes["opset"] == 17
+    assert notes["parity_images"] == 256
+
+
+def test_onnx_and_torch_count_the_same_macs(trained, tmp_path):
+    with context(tmp_path) as ctx:
+        onnx_model = Export()(trained, ctx)
+
+    onnx_params, macs = onnx_params_macs(onnx_model.path, 32)
+    assert macs == torch_macs(trained, 32)  # one definition of MACs for both kinds of model
+    assert abs(onnx_params - params(trained)) / params(trained) < 0.02  # BN folded into convs
+
+
+def test_the_batch_dimension_is_dynamic(trained, tmp_path):
+    with context(tmp_path) as ctx:
+        onnx_model = Export()(trained, ctx)
+
+    s = session(onnx_model.path)
+    for n in (1, 7):
+        assert s.run(None, {"input": np.zeros((n, 3, 32, 32), np.float32)})[0].shape == (n, 10)
+
+
+def test_export_parity_failure_stops_with_a_clear_message(trained, tmp_path):
+    with context(tmp_path) as ctx, pytest.raises(CompressError, match="ONNX parity check failed") as e:
+        Export(atol=1e-12)(trained, ctx)
+
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "export" / "model.onnx").exists()  # no artifact that looks complete
+
+
+def test_unsupported_opset_is_refused_before_exporting(trained, tmp_path):
+    with context(tmp_path) as ctx, pytest.raises(CompressError, match="opset 12 is not supported: use 13..21"):
+        Export(opset=12)(trained, ctx)
+
+    assert not (tmp_path / "export" / "model.onnx").exists()

@@ -1,0 +1,103 @@
+"""The pipeline: the chain is checked before any work, then model → stage → measure, one step at a time, and the
+run folder holds what the records say. End-to-end tests are slow (each runs a whole pipeline)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compress.chain import STAGE_NAMES, build_chain, check_chain
+from compress.config import resolve
+from compress.core import sha256_file
+from compress.errors import CompressError
+from compress.pipeline import PROGRESS, REFERENCE, run
+from compress.records import RunReport
+
+TINY_NET = Path(__file__).resolve().parent / "fixtures" / "tiny_net.py"
+QUICK_MEASURE = {"warmup_runs": 2, "min_runs": 20, "min_seconds": 0.05, "throughput_seconds": 0.05}
+
+
+def test_the_chain_follows_the_config():
+    chain = build_chain(resolve(overrides={"quantize": {}, "prune": {"ratio": 0.5}}))
+
+    assert [s.name for s in chain] == ["baseline", "prune", "finetune", "export", "quantize"]
+    check_chain(chain)
+    assert [s.name for s in build_chain(resolve())] == ["baseline", "export"]
+
+
+def test_a_bad_chain_stops_the_run_before_any_work(tmp_path):
+    cfg = resolve(overrides={"quantize": {}})
+    chain = build_chain(cfg)
+
+    with pytest.raises(CompressError, match="quantize needs an ONNX model but gets a torch model: put export before "
+                                            "it"):
+        run(cfg, tmp_path / "run", chain=[chain[0], chain[-1]])
+
+    assert not (tmp_path / "run").exists()  # no data loaded, no folder made
+
+
+class Recorder:
+    """A progress sink that keeps every call the pipeline makes, in order."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, *args))
+
+
+@pytest.mark.slow
+def test_the_smoke_run_folder_holds_what_its_records_say(smoke_run):
+    report = RunReport.load(smoke_run)
+    cfg = resolve(smoke_run / "config.yaml")
+
+    assert [s.step for s in report.steps] == [n for n in STAGE_NAMES if n == "baseline" or getattr(cfg, n)]
+    assert [s.kind for s in report.steps] == ["torch", "torch", "torch", "onnx", "onnx"]
+    for s in report.steps:
+        assert s.artifact.startswith(f"{s.step}/")
+        assert sha256_file(smoke_run / s.artifact) == s.artifact_sha256
+        assert s.work.seconds > 0 or s.cache_hit
+        if s.step != "baseline":
+            assert s.stage == dataclasses.asdict(getattr(cfg, s.step))  # a stage is its config
+    assert [s.step for s in report.steps if s.deployed] == [report.deployed().step]
+    assert (smoke_run / REFERENCE / "model.onnx").is_file()
+    ref = report.references["baseline_onnx"]
+    assert ref.params < report.baseline.metrics.params * 1.02 and ref.macs == report.baseline.metrics.macs
+    assert not (smoke_run / PROGRESS).exists()
+    assert yaml.safe_load((smoke_run / "config.yaml").read_text())["prune"]["ratio"] == 0.5
+
+
+@pytest.mark.slow
+def test_a_callers_own_network_runs_through_the_python_api(tmp_path):
+    """``run(cfg, dir, model=..., data=...)``: the caller's nn.Module and data set instead of names."""
+    import importlib.util
+
+    from compress.data import load_dataset
+
+    spec = importlib.util.spec_from_file_location("tiny_net_fixture", TINY_NET)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    net = module.TinyNet(num_classes=1000)  # the head is refitted to the data's 10 classes
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    cfg = resolve(overrides={"data": "digits", "train": {"epochs": 3, "batch_size": 64, "lr": 0.1},
+                             "prune": {"ratio": 0.25}, "finetune": {"epochs": 1, "batch_size": 64, "lr": 0.02},
+                             "measure": QUICK_MEASURE, "allow_chance": True})
+    progress = Recorder()
+
+    report = run(cfg, tmp_path / "run", progress=progress, model=net, data=load_dataset("digits", input_size=32))
+
+    assert [s.step for s in report.steps] == ["baseline", "prune", "finetune", "export"]
+    assert report.baseline.notes["init"].startswith("given by the caller (TinyNet)")
+    assert "classifier fc replaced for 10 classes" in report.baseline.notes["init"]
+    assert report.step("prune").metrics.params < report.baseline.metrics.params
+    assert all(v.equal(net.state_dict()[k]) for k, v in before.items())  # the caller's model is untouched
+    started = [c[1] for c in progress.calls if c[0] == "step_started"]
+    done = [c[1].step for c in progress.calls if c[0] == "step_done"]
+    assert done == ["baseline", "prune", "finetune", "export"]
+    assert set(done) | {REFERENCE} <= set(started)
+    assert any(c[0] == "epoch" for c in progress.calls)
+    assert (tmp_path / "run" / "edge" / "model.onnx").is_file() and (tmp_path / "run" / "report.html").is_file()
+    assert RunReport.load(tmp_path / "run") == report

@@ -1,0 +1,133 @@
+"""Training on real data: quantization-aware rounding hooks, BatchNorm re-estimation, divergence recovery
+(rolled back and retried at half the learning rate, said through ``on_warning``, or one clear error), and a
+per-epoch checkpoint that does not fit said out loud instead of silently ignored."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from compress.data import normalize
+from compress.errors import CompressError
+from compress.models import create_model
+from compress.qat import fake_quant_activations
+from compress.recipe import Recipe
+from compress.train import MAX_RECOVERIES, evaluate, fit, recalibrate_bn
+from tests.helpers import digits, fmnist_subset, trained_tiny
+
+TINY_NET = Path(__file__).resolve().parent / "fixtures" / "tiny_net.py"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return trained_tiny(tmp_path_factory.mktemp("base"))
+
+
+def test_quant_aware_hooks_round_activations_and_leave_no_trace(trained):
+    model = copy.deepcopy(trained).eval()
+    x = normalize(fmnist_subset().test_x[:64])
+    with torch.no_grad():
+        clean = model(x)
+        bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+        _, remove = fake_quant_activations(model)
+        seen: list[torch.Tensor] = []
+        spy = bn.register_forward_hook(lambda _m, _i, out: seen.append(out))  # runs after the rounding hook
+        rounded = model(x)
+        spy.remove()
+        remove()
+        after = model(x)
+
+    assert len(torch.unique(seen[0])) <= 256  # one uint8 grid per tensor
+    assert not torch.equal(rounded, clean)
+    assert not any(m._forward_hooks for m in model.modules())
+    assert torch.equal(after, clean)
+
+
+def test_bn_recalibration_restores_the_running_statistics(trained):
+    data = fmnist_subset()
+    model = copy.deepcopy(trained).eval()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in bns:
+        m.reset_running_stats()  # mean 0, variance 1: what a freshly resized layer starts from
+    stale = evaluate(model, data)
+
+    recalibrate_bn(model, data)
+
+    before = evaluate(trained, data)
+    assert before > 60 and stale < 30  # statistics that do not fit the weights cost most of the accuracy
+    assert evaluate(model, data) > before - 5  # one pass over training images brings it back
+    assert all(m.momentum == 0.01 and not m.training for m in bns)  # torchvision's momentum and eval mode kept
+
+
+def test_an_absurd_learning_rate_fails_with_one_line_after_max_recoveries():
+    """Peak LR 50 diverges at every retry (25, 12.5, 6.25): three warnings, then the one-line error."""
+    model, _ = create_model("tiny_mobilenet_v3", num_classes=10)
+    warnings: list[str] = []
+
+    with pytest.raises(CompressError) as e:
+        fit(model, digits(), Recipe(epochs=3, lr=50), seed=0, on_warning=warnings.append)
+
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("training diverged")
+    assert f"after {MAX_RECOVERIES} automatic retries: lower the lr" in message
+    assert f"even at {50 / 2 ** MAX_RECOVERIES:g} peak LR" in message
+    assert len(warnings) == MAX_RECOVERIES
+    for i, w in enumerate(warnings, start=1):
+        assert "went back to the last good epoch and continued at half the learning rate" in w
+        assert f"(peak {50 / 2 ** i:g})" in w
+
+
+def test_a_diverging_epoch_is_rolled_back_and_training_recovers():
+    """Peak LR 10 blows the loss up in epoch 2; half of it trains on, and the model learns."""
+    model, _ = create_model("tiny_mobilenet_v3", num_classes=10)
+    warnings: list[str] = []
+    epochs: list[dict] = []
+
+    trained = fit(model, digits(), Recipe(epochs=3, lr=10), seed=0, on_warning=warnings.append,
+                  on_epoch=epochs.append)
+
+    assert 1 <= len(warnings) < MAX_RECOVERIES
+    assert all("went back to the last good epoch and continued at half the learning rate" in w for w in warnings)
+    assert "(peak 5)" in warnings[0]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3] and all(e["loss"] < 10 for e in epochs)
+    assert all(torch.isfinite(p).all() for p in trained.parameters())
+    assert evaluate(trained, digits()) > 20  # chance is about 10%
+
+
+def test_a_checkpoint_that_does_not_fit_is_a_warning_and_training_starts_over(tmp_path):
+    data = digits()
+    small = dataclasses.replace(data, train_x=data.train_x[:320], train_y=data.train_y[:320])
+    recipe = Recipe(epochs=1, batch_size=64, lr=0.2)
+    checkpoint = tmp_path / "train_state.pt"
+    tiny, _ = create_model("tiny_mobilenet_v3", num_classes=10)
+    fit(tiny, small, recipe, seed=0, checkpoint=checkpoint)
+    assert checkpoint.is_file()
+    other, _ = create_model(f"{TINY_NET}:build", num_classes=10)
+    warnings: list[str] = []
+    epochs: list[dict] = []
+
+    fit(other, small, recipe, seed=0, checkpoint=checkpoint, on_warning=warnings.append, on_epoch=epochs.append)
+
+    assert len(warnings) == 1
+    assert f"the training checkpoint {checkpoint} does not fit this model or recipe" in warnings[0]
+    assert warnings[0].endswith("training starts over from epoch 1")
+    assert [e["epoch"] for e in epochs] == [1]  # trained from scratch, not skipped as if resumed
+
+
+def test_quant_aware_epochs_are_the_last_ones_and_leave_no_hooks():
+    data = digits()
+    small = dataclasses.replace(data, train_x=data.train_x[:320], train_y=data.train_y[:320])
+    model, _ = create_model("tiny_mobilenet_v3", num_classes=10)
+    epochs: list[dict] = []
+
+    trained = fit(model, small, Recipe(epochs=2, batch_size=64, lr=0.2), seed=0, quant_aware_epochs=1,
+                  on_epoch=epochs.append)
+
+    assert [e["quant_aware"] for e in epochs] == [False, True]
+    assert not any(m._forward_hooks for m in trained.modules())
+    assert not any(m._forward_hooks for m in model.modules())  # the input was never touched
