@@ -91,12 +91,12 @@ def run(cfg: "RunConfig", run_dir: Path, *, progress: Any = None, chain: list | 
                 if kind_of(model) == "torch":
                     ctx.last_torch = model  # what the LiteRT converter starts from (Export's input)
                 model = _step(stage, model, ctx, report)
-                if stage.name == "baseline" or "baseline_onnx" not in report.references:
+                if "baseline_onnx" not in report.references:  # right after the baseline, or a resumed 0.1 run
                     _measure_reference(cfg, ctx, report)
                 ckpt.atomic_write(run_dir / PROGRESS, lambda p: p.write_text(report.to_json()))
             decision = deploy.choose(report, cfg, ctx)
             write_bundle(report, ctx, run_dir / "edge", web=cfg.web, reason=decision.reason,
-                         target=getattr(cfg.quantize, "target", "host") if cfg.quantize else None,
+                         target=cfg.quantize.target if cfg.quantize else None,
                          litert=_litert(cfg, ctx, report) if cfg.litert else None)
             report.deployed().warnings.extend(ctx.warnings.get("bundle", []))
     write_reports(report, run_dir)
