@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         ["compare_recipes", *common],
         ["accuracy", *common, *([str(a.main_run.resolve())] if a.main_run else [])],
         ["sweep", *common, *(["--finetune-epochs", str(a.finetune_epochs)] if a.finetune_epochs else [])],
+        ["input_size", *common, *(["--run", str(a.main_run.resolve())] if a.main_run else [])],
     ]
     start, failed = time.perf_counter(), []
     for job in jobs:

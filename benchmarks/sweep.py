@@ -1,102 +1,83 @@
-"""Prune ratio × precision on the default job: accuracy against latency and against size.
+"""Prune ratio × precision on the default job, as a ``compress sweep``: accuracy against latency and against size.
 
-For each prune ratio (default 0, 0.25, 0.5, 0.7) runs the default job (``mobilenet_v3`` on Fashion-MNIST, INT8)
-through ``compress.pipeline.run``. Every run shares the cached baseline, so only the first trains it. The FP32
-point of a ratio is its export step, the INT8 point its quantize step (accuracy on the full test split, from the
-run's report). Latencies are then re-measured for all of them together, batch 1, 1 thread, interleaved in one
-process. Writes benchmarks/results/sweep[_quick].{csv,md,json} and sweep[_quick]_{latency,size}.png.
+The grid (prune ratios, default 0, 0.25, 0.5, 0.7; FP32 and INT8) of the default job (``mobilenet_v3`` on
+Fashion-MNIST) runs through :func:`compress.sweep.run_sweep`: each point is a Ray Tune trial and an ordinary run
+folder under ``OUT/runs/sweep[_quick]/trials/``; the trials share one cached baseline, and a second invocation
+reuses finished trials. The sweep then re-measures every deployed model on this machine, batch 1, 1 thread,
+interleaved in one process; this script plots those latencies against accuracy (full test split) and size.
+Writes benchmarks/results/sweep[_quick].{csv,md,json} and sweep[_quick]_{latency,size}.png, next to the sweep's own
+sweep.md/sweep.html in the sweep folder.
 
-    python -m benchmarks.sweep                        # 6 fine-tune epochs per ratio (~10 min with a cached baseline)
-    python -m benchmarks.sweep --finetune-epochs 12   # the default job's recovery schedule (~16 min)
-    python -m benchmarks.sweep --quick                # 6,000 training images, short schedules (~3 min)
+    python -m benchmarks.sweep                        # 6 fine-tune epochs per pruned run
+    python -m benchmarks.sweep --finetune-epochs 12   # the default job's recovery schedule
+    python -m benchmarks.sweep --quick                # ratios 0 and 0.5, 6,000 training images, short schedules
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
-from benchmarks._common import RESULTS, env_markdown, environment, finish_environment, md_table, ms, write_results
+from benchmarks._common import RESULTS, env_markdown, environment, finish_environment, md_table, write_results
 from benchmarks.accuracy import DEFAULT_JOB, QUICK
-from compress.measure import interleaved
-
-# Latency is re-measured interleaved at the end, so the per-step measurement only needs to be short.
-SHORT_MEASURE = {"warmup_runs": 10, "min_runs": 100, "min_seconds": 0.3, "throughput_seconds": 0.3}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.7])
+    p.add_argument("--ratios", type=float, nargs="+", help="prune ratios (default 0 0.25 0.5 0.7; quick 0 0.5)")
     p.add_argument("--finetune-epochs", type=int, help="recovery epochs per pruned run (default 6; quick 1)")
-    p.add_argument("--quick", action="store_true", help="6,000 training images and short schedules (~3 min)")
+    p.add_argument("--quick", action="store_true", help="6,000 training images and short schedules")
     p.add_argument("--runs", type=int, default=300, help="interleaved batch-1 runs per model (default 300)")
+    p.add_argument("--max-concurrent", type=int, help="trials at a time (default: Ray's, one per CPU)")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
 
-    from compress.config import merge, resolve
-    from compress.core import session
-    from compress.errors import CompressError
-    from compress.pipeline import run
-    from compress.records import RunReport
+    from compress.config import merge
+    from compress.sweep import run_sweep
 
-    if any(not 0 <= r < 1 for r in a.ratios):
-        raise CompressError("prune ratios must be in [0, 1)")
+    ratios = a.ratios or ([0.0, 0.5] if a.quick else [0.0, 0.25, 0.5, 0.7])
     suffix = "_quick" if a.quick else ""
     epochs = a.finetune_epochs or (1 if a.quick else 6)
+    grid = merge(DEFAULT_JOB, {k: v for k, v in QUICK.items() if k != "measure"} if a.quick else {})
+    grid = merge(grid, {"finetune": {"epochs": epochs}, "sweep": {"prune": ratios, "int8": [False, True]}})
     env = environment([1])
-    points: list[dict] = []
-    reused: list[str] = []  # finished runs with the same config are read back, not retrained
-    for ratio in a.ratios:
-        over = merge(DEFAULT_JOB, {"prune": {"ratio": ratio}, "finetune": {"epochs": epochs},
-                                   "measure": SHORT_MEASURE})
-        if a.quick:
-            over = merge(over, {k: v for k, v in QUICK.items() if k != "measure"} | {"finetune": {"epochs": epochs}})
-        cfg = resolve(overrides=over)
-        run_dir = a.out / "runs" / f"sweep{suffix}_prune{ratio:g}"
-        t = time.perf_counter()
-        if (run_dir / "report.json").is_file() and resolve(run_dir / "config.yaml") == cfg:
-            report = RunReport.load(run_dir / "report.json")
-            reused.append(run_dir.name)
-            print(f"prune {ratio:g}: reused the finished run {run_dir} (same config; delete it to retrain)", flush=True)
-        else:
-            report = run(cfg, run_dir)
-            print(f"prune {ratio:g}: done in {time.perf_counter() - t:.0f} s", flush=True)
-        for step, precision in (("export", "fp32"), ("quantize", "int8")):
-            s = report.step(step)
-            points.append({"prune_ratio": ratio, "precision": precision, "top1_pct": s.metrics.top1_pct,
-                           "size_bytes": s.metrics.size_bytes, "params": s.metrics.params,
-                           "macs": s.metrics.macs, "test_images": report.dataset["test_images"],
-                           "model": str(run_dir / s.artifact), "quantize_notes": json.dumps(s.notes)
-                           if step == "quantize" else ""})
-    sessions = {i: session(Path(pt["model"]), 1) for i, pt in enumerate(points)}
-    size = cfg.input_size
-    import numpy as np
-
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
-    times = interleaved({i: (lambda s=s: s.run(None, {"input": x})) for i, s in sessions.items()}, runs=a.runs)
-    for i, pt in enumerate(points):
-        pt["latency_ms_median"], pt["latency_ms_p90"] = ms(times[i], 0.5), ms(times[i], 0.9)
+    sweep_dir = a.out / "runs" / f"sweep{suffix}"
+    summary = run_sweep(grid, sweep_dir, max_concurrent=a.max_concurrent, runs=a.runs, energy_seconds=0,
+                        log=lambda line: print(f"sweep: {line}", flush=True))
     finish_environment(env)
+    points = [{"prune_ratio": r["prune_ratio"], "precision": "int8" if r["deployed_step"] == "quantize" else "fp32",
+               **{k: r[k] for k in ("top1_pct", "size_bytes", "macs", "latency_ms_median", "latency_ms_p90",
+                                    "status", "attempts", "frontier", "name")}}
+              for r in summary["trials"] if r["status"] != "failed"]
+    if summary["failed"]:
+        print(f"failed trials: {', '.join(summary['failed'])} (see {sweep_dir / 'sweep.md'})", flush=True)
+    if not points:
+        return 1
     a.out.mkdir(parents=True, exist_ok=True)
     plot(points, a.out, suffix)
-    base = next(pt for pt in points if pt["precision"] == "fp32" and pt["prune_ratio"] == min(a.ratios))
+    base = min((pt for pt in points if pt["precision"] == "fp32"), key=lambda pt: pt["prune_ratio"], default=None)
+    base = base or points[0]
     table = [[f"{pt['prune_ratio']:g}", pt["precision"], f"{pt['top1_pct']:.2f}",
               f"{pt['top1_pct'] - base['top1_pct']:+.2f}", f"{pt['latency_ms_median']:.3f}",
               f"{base['latency_ms_median'] / pt['latency_ms_median']:.2f}×", f"{pt['size_bytes'] / 1e3:.0f}",
-              f"{base['size_bytes'] / pt['size_bytes']:.1f}×", f"{pt['macs'] / 1e6:.1f}"] for pt in points]
-    md = [f"# sweep{suffix}: prune ratio × precision, {cfg.model} on {cfg.data} at {size}×{size}\n",
-          f"Fine-tune {epochs} epoch(s) per pruned run; top-1 on the full test split ({points[0]['test_images']:,} "
-          f"images); latency batch 1, 1 thread, median of {a.runs} interleaved runs. Ratios are against the "
-          f"FP32 model at prune ratio {min(a.ratios):g}.\n",
+              f"{base['size_bytes'] / pt['size_bytes']:.1f}×", f"{pt['macs'] / 1e6:.1f}",
+              "yes" if pt["frontier"] else "", pt["status"]]
+             for pt in sorted(points, key=lambda pt: (pt["prune_ratio"], pt["precision"]))]
+    reused = sum(pt["status"] == "reused" for pt in points)
+    md = [f"# sweep{suffix}: prune ratio × precision, {DEFAULT_JOB['model']} on the default data set\n",
+          f"`compress sweep` (Ray Tune) into `{sweep_dir.name}/`: fine-tune {epochs} epoch(s) per pruned run; top-1 "
+          f"on the full test split; latency re-measured after the trials, batch 1, 1 thread, median of {a.runs} "
+          f"interleaved runs. Ratios (speed-up, smaller) are against the FP32 model at prune ratio "
+          f"{base['prune_ratio']:g}; \"frontier\" is the sweep's accuracy/latency/size Pareto frontier. "
+          f"Recommended under a {summary['max_drop']:g}-point budget: {summary['recommendation']}.\n",
           md_table(["prune", "precision", "top-1 %", "Δ points", "latency ms", "speed-up", "size KB", "smaller",
-                    "MMACs"], table), "",
+                    "MMACs", "frontier", "trial"], table), "",
           f"![accuracy vs latency](sweep{suffix}_latency.png) ![accuracy vs size](sweep{suffix}_size.png)\n",
           "## Environment\n", env_markdown(env), f"  \nWall time {env['seconds']} s"
-          + (f" ({len(reused)} of {len(a.ratios)} runs read back from earlier, finished runs with the same config: "
-             f"{', '.join(reused)}; their training time is not included).\n" if reused else ".\n")]
-    write_results(a.out, f"sweep{suffix}", md, points, {"environment": env, "points": points})
+          + (f" ({reused} of {len(points)} trials reused from an earlier sweep into the same folder; their training "
+             "time is not included)" if reused else "")
+          + ". Ray's trial workers are not this process's children: their CPU time counts as other processes'.\n"]
+    write_results(a.out, f"sweep{suffix}", md, points, {"environment": env, "points": points, "sweep": summary})
     print("\n".join(md[:3]))
     return 0
 

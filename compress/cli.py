@@ -117,7 +117,8 @@ def _run_parser(sub: Any, fmt: type) -> None:
     r.add_argument("--if-int8-slower", choices=IF_SLOWER, help="when INT8 runs slower than FP32 on this CPU: keep "
                    f"it and warn, or deploy the FP32 model (default {quantize.if_slower})")
     r.add_argument("--max-drop", type=float, metavar="POINTS", help="accuracy budget: deploy the most compressed "
-                   "step within this many top-1 points of the baseline")
+                   "step within this many top-1 points of the baseline; with --int8, INT8 keeps its most harmful "
+                   "nodes in FP32 while it misses what is left of the budget")
     r.add_argument("--allow-chance", action="store_true", default=None,
                    help="deploy even if the model is at or near chance")
     r.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last "

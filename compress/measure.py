@@ -91,6 +91,38 @@ def measure(model: "nn.Module | OnnxModel", ctx: "Context", *, step: str) -> Mea
     ), confusion)
 
 
+ENERGY_BATCHES = (8, 32)  # batch 1 is every step's own energy loop
+
+
+def energy_by_batch(model: "nn.Module | OnnxModel", ctx: "Context", *, step: str,
+                    batches: tuple[int, ...] = ENERGY_BATCHES) -> dict[str, dict]:
+    """Energy per inference (image) of ``model`` at each batch size: the step's energy loop (``min_seconds``,
+    at least ``min_runs`` images) on a batch of test images, one meter task per batch. Keys are the batch sizes."""
+    import numpy as np
+
+    cfg = ctx.measure
+    one = ctx.data.normalize(ctx.data.test_x[:1]).numpy()
+    if isinstance(model, OnnxModel):
+        infer, info = onnx_runner(model, cfg.threads)
+    else:
+        infer, info = _torch_runner(model, cfg.threads, one)
+    out = {}
+    try:
+        for b in batches:
+            x = ctx.data.normalize(ctx.data.test_x[:b]).numpy()
+            x = np.concatenate([x] * -(-b // len(x)))[:b] if len(x) else x  # fewer test images than the batch
+            loop = MeasureConfig(threads=cfg.threads, warmup_runs=min(cfg.warmup_runs, 10),
+                                 min_runs=max(10, -(-cfg.min_runs // b)), min_seconds=cfg.min_seconds)
+            times, reading = latency_loop(infer, x, loop, ctx.meter, f"{step}/energy_batch{b}")
+            images = len(times) * b
+            out[str(b)] = {"energy_per_inference_j": reading.energy_j / images if reading.energy_j is not None
+                           else None, "ms_per_image": _quantile(times, 0.5) * 1e3 / b, "images": images,
+                           "energy_method": reading.method}
+    finally:
+        info["restore"]()
+    return out
+
+
 def _quantile(values: list[float], q: float) -> float:
     import numpy as np
 
@@ -292,6 +324,22 @@ def torch_macs(model: "nn.Module", size: int) -> int:
     return int(total)
 
 
+def _run_shapes(model: "onnx.ModelProto", tensors: list[str], size: int) -> dict[str, tuple[int, ...]]:
+    """The shapes of ``tensors`` from one ONNX Runtime run on a zero image (``model`` with them as outputs)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    known = {o.name for o in m.graph.output}
+    m.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in known)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.zeros((1, 3, size, size), dtype=np.float32)
+    out = sess.run(None, {sess.get_inputs()[0].name: x})
+    return {o.name: tuple(v.shape) for o, v in zip(sess.get_outputs(), out)}
+
+
 def onnx_params_macs(path, size: int) -> tuple[int, int]:
     """``(params, MACs)`` of an ONNX model, counted the same way as :func:`torch_macs`."""
     import numpy as np
@@ -320,6 +368,9 @@ def onnx_params_macs(path, size: int) -> tuple[int, int]:
     inferred = shape_inference.infer_shapes(model)
     shapes = {vi.name: tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
               for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    layers = [n.output[0] for n in inferred.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    if any(not all(shapes.get(o, ())) for o in layers):  # shape inference stopped (a Pad with computed pads)
+        shapes.update(_run_shapes(model, layers, size))
     macs = 0
     for node in inferred.graph.node:
         if node.op_type not in ("Conv", "Gemm", "MatMul"):

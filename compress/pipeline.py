@@ -90,11 +90,12 @@ def run(cfg: "RunConfig", run_dir: Path, *, progress: Any = None, chain: list | 
             for stage in chain[len(report.steps):]:
                 if kind_of(model) == "torch":
                     ctx.last_torch = model  # what the LiteRT converter starts from (Export's input)
-                model = _step(stage, model, ctx, report)
+                model = _step(_with_budget(stage, cfg, report), model, ctx, report)
                 if "baseline_onnx" not in report.references:  # right after the baseline, or a resumed 0.1 run
                     _measure_reference(cfg, ctx, report)
                 ckpt.atomic_write(run_dir / PROGRESS, lambda p: p.write_text(report.to_json()))
             decision = deploy.choose(report, cfg, ctx)
+            report.energy_by_batch = _energy_by_batch(report, ctx)
             write_bundle(report, ctx, run_dir / "edge", web=cfg.web, reason=decision.reason,
                          target=cfg.quantize.target if cfg.quantize else None,
                          litert=_litert(cfg, ctx, report) if cfg.litert else None)
@@ -132,6 +133,15 @@ def _train_only(cfg: "RunConfig", run_dir: Path, chain: list, *, device: str, mo
     distributed.finish()
 
 
+def _with_budget(stage: Any, cfg: "RunConfig", report: RunReport) -> Any:
+    """A stage that takes a top-1 budget (``max_drop_pt``: INT8's mixed precision) gets what is left of
+    ``--max-drop`` after the steps before it, measured on the test split like the deploy policy's budget."""
+    if cfg.max_drop is None or not hasattr(stage, "max_drop_pt") or stage.max_drop_pt is not None or not report.steps:
+        return stage
+    spent = report.baseline.metrics.top1_pct - report.steps[-1].metrics.top1_pct
+    return dataclasses.replace(stage, max_drop_pt=round(max(0.0, cfg.max_drop - spent), 3))
+
+
 def _step(stage: Any, model: Any, ctx: Context, report: RunReport) -> Any:
     """One step: run the stage, save its artifact, measure the result, append the record."""
     if ctx.progress:
@@ -155,7 +165,7 @@ def _step(stage: Any, model: Any, ctx: Context, report: RunReport) -> Any:
         metrics=m.metrics, confusion=m.confusion, work=work_record, cache_hit=bool(notes.pop("cache_hit", False)),
         warnings=list(ctx.warnings.get(stage.name, [])), notes=notes,
     )
-    if report.steps and step.metrics.macs > report.steps[-1].metrics.macs:
+    if report.steps and step.metrics.macs > report.steps[-1].metrics.macs > 0:
         prev = report.steps[-1]
         step.notes["macs_over_input_pct"] = round(100 * (step.metrics.macs / prev.metrics.macs - 1), 1)
         step.notes["why_more_macs"] = (f"{step.step} counts {step.notes['macs_over_input_pct']:g}% more MACs (and more "
@@ -198,6 +208,28 @@ def _measure_reference(cfg: "RunConfig", ctx: Context, report: RunReport) -> Non
         ctx.progress.step_started(REFERENCE, "measuring the baseline's FP32 ONNX export (the reference)")
     reference = cfg.export.write(ctx.teacher, ctx, ctx.artifact(REFERENCE, "model.onnx"), step=REFERENCE)
     report.references["baseline_onnx"] = measure(reference, ctx, step=REFERENCE).metrics
+
+
+def _energy_by_batch(report: RunReport, ctx: Context) -> dict[str, dict]:
+    """Energy per inference of the deployed model and both references at batch 1 (their own measurements), 8
+    and 32 (:func:`compress.measure.energy_by_batch`). Empty when the deployed model is no ONNX model."""
+    from compress.measure import energy_by_batch
+
+    deployed = report.deployed()
+    reference = ctx.artifact(REFERENCE, "model.onnx")
+    if deployed.kind != "onnx" or not reference.is_file() or ctx.teacher is None:
+        return {}
+    if ctx.progress:
+        ctx.progress.step_started("energy", "energy per inference at batch 8 and 32")
+    out = {}
+    for name, model, metrics in (("deployed", OnnxModel(ctx.run_dir / deployed.artifact), deployed.metrics),
+                                 ("baseline_onnx", OnnxModel(reference), report.references.get("baseline_onnx")),
+                                 ("baseline_eager", ctx.teacher, report.baseline.metrics)):
+        first = {"1": {"energy_per_inference_j": metrics.energy_per_inference_j,
+                       "ms_per_image": metrics.latency_ms_median, "images": metrics.latency_runs,
+                       "energy_method": metrics.energy_method}} if metrics else {}
+        out[name] = first | energy_by_batch(model, ctx, step=f"energy/{name}")
+    return out
 
 
 def _save_artifact(model: Any, ctx: Context, step: str) -> Path:

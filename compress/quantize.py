@@ -11,8 +11,10 @@ which ORT kernels run there:
   (``VPMADDUBSW``/VNNI); with S8S8 the same MobileNetV3-small ran about 4× slower than FP32 on an AVX-512 VNNI
   CPU. Depthwise channels are padded to 16 and the stem to 4 input channels (:mod:`compress.rewrites`). 8-bit
   weights assume a VNNI-class device (Ice Lake, Zen 4, Alder Lake-N or newer), as edge x86 boards are today.
-* **arm64**: signed, symmetric activations and weights (S8S8), ORT's recommended default on ARM64, where both run
-  on the dot-product kernels; calibrated symmetrically to match. Depthwise channels are padded to 8 (NEON).
+* **arm64**: signed activations and weights (S8S8), ORT's default on ARM64, where both run on the dot-product
+  kernels. Weights are symmetric (MLAS's fast "symmetric" conv kernels need that), activations keep a zero point:
+  those kernels fold it into the bias, and on the main job's model symmetric activations cost 0.23 more points
+  (89.70% against 89.93% on an emulated Cortex-A76, full test split). Depthwise channels are padded to 8 (NEON).
   On an x86-64 CPU without VNNI its accuracy measures too low (saturating S8S8 kernels); the stage says so.
 * **host**: whichever of the two this machine is. On an x86-64 CPU without VNNI, weights also use ``reduce_range``
   (7 bits): its 16-bit intermediate sums can saturate otherwise, as ORT's docs warn.
@@ -24,24 +26,20 @@ on calibration images. ORT's quantizer output goes to the run log, never to the 
 
 from __future__ import annotations
 
-import logging
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
+from compress.calibration import calibration_images, calibration_reader  # noqa: F401 (this module's API too)
 from compress.core import OnnxModel, check_onnx
 from compress.errors import CompressError
 from compress.host import host_arch
+from compress.ort_output import quantizer_output_to_log
 
 if TYPE_CHECKING:
     import numpy as np
 
     from compress.core import Context
-    from compress.data import Dataset
-
-log = logging.getLogger(__name__)  # the run log (compress.log) under the CLI
-log.addHandler(logging.NullHandler())  # and never the terminal when nobody configured logging
 
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("auto", "uint8", "int8")
@@ -60,16 +58,14 @@ class Int8Recipe:
     """The INT8 choices for one CPU: they decide which ORT kernels run there (module docstring)."""
 
     target: str  # x86_64 | arm64 (or this machine's name when it is neither)
-    activation_type: str  # uint8 (U8S8) | int8 (S8S8, symmetric)
+    activation_type: str  # uint8 (U8S8) | int8 (S8S8)
     weight_type: str = "int8"
     reduce_range: bool = False  # 7-bit weights against 16-bit saturation on x86-64 without VNNI
     depthwise_multiple: int  # depthwise channels padded to this SIMD multiple
     pad_stem: bool  # stem input padded from 3 to 4 channels (MLAS's x86-64 symmetric conv kernel)
     why: str
 
-    @property
-    def symmetric_activations(self) -> bool:
-        return self.activation_type == "int8"
+    symmetric_activations: bool = False  # zero point 0 (ORT's ActivationSymmetric); every recipe keeps a zero point
 
 
 def int8_recipe(target: str = "host", activation_type: str = "auto") -> Int8Recipe:
@@ -97,102 +93,15 @@ def int8_recipe(target: str = "host", activation_type: str = "auto") -> Int8Reci
         name = "arm64" if target == "arm64" or machine in ("aarch64", "arm64") else machine
         recipe = Int8Recipe(
             target=name, activation_type="int8", depthwise_multiple=8, pad_stem=False,
-            why=f"S8S8, symmetric activations: {name} runs signed INT8 on its dot-product kernels; depthwise "
-                "channels padded to 8 (NEON); the stem keeps 3 channels (the 4-channel kernel is x86-64's)")
+            why=f"S8S8: {name} runs signed INT8 on its dot-product kernels (activations with a zero point, weights "
+                "symmetric); depthwise channels padded to 8 (NEON); the stem keeps 3 channels (the 4-channel kernel "
+                "is x86-64's)")
     if activation_type not in ACTIVATION_TYPES:
         raise CompressError(f"unknown activation_type {activation_type!r}: choose one of {', '.join(ACTIVATION_TYPES)}")
     if activation_type == "auto":
         return recipe
     return replace(recipe, activation_type=activation_type, reduce_range=False,
                    why=f"{activation_type} activations as requested (activation_type); otherwise {recipe.why}")
-
-
-def calibration_reader(images: "np.ndarray", batch_size: int = 32):
-    """An ORT ``CalibrationDataReader`` over normalised images, ``batch_size`` at a time. It supports
-    ``len`` and ``set_range`` (in batches), which ORT's ``CalibStridedMinMax`` pass-by-pass calibration uses."""
-    from onnxruntime.quantization import CalibrationDataReader
-
-    starts = range(0, len(images), batch_size)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.rewind()
-
-        def __len__(self) -> int:
-            return len(starts)
-
-        def set_range(self, start_index: int, end_index: int) -> None:
-            self.todo = iter(starts[start_index:end_index])
-
-        def get_next(self):
-            i = next(self.todo, None)
-            return None if i is None else {"input": images[i:i + batch_size]}
-
-        def rewind(self) -> None:
-            self.set_range(0, len(starts))
-
-    return Reader()
-
-
-def calibration_images(data: "Dataset", size: int, seed: int) -> "np.ndarray":
-    """``size`` training images (seeded, in index order), normalised: what ``Quantize`` calibrates on."""
-    import numpy as np
-
-    n = data.train_x.shape[0]
-    idx = np.sort(np.random.default_rng(seed).permutation(n)[:min(size, n)])
-    return data.normalize(data.train_x[idx]).numpy()
-
-
-class _OrtRecords(logging.Handler):
-    """Stands in for the root logger's handlers: keeps onnxruntime's records, passes everyone else's on."""
-
-    def __init__(self, others: list[logging.Handler]):
-        super().__init__()
-        self.others, self.kept = others, []  # kept: onnxruntime's records, replayed by quantizer_output_to_log
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith("onnxruntime") or "onnxruntime" in Path(record.pathname).parts:
-            self.kept.append(record)
-            return
-        for h in self.others or [logging.lastResort]:
-            if h is not None and record.levelno >= h.level:
-                h.handle(record)
-
-
-@contextmanager
-def quantizer_output_to_log() -> Iterator[list[str]]:
-    """Keep ONNX Runtime's quantizer off the terminal and stdout, and yield the list of its warnings.
-
-    Its calibrators ``print`` their progress (which broke ``--json``), it warns through ``warnings`` and the
-    root logger. All of it goes to the ``compress.quantize`` logger (the run log); the list gets the warnings
-    (Python warnings and log records at WARNING or above) once the block ends. ORT's C++ logger prints nothing.
-    """
-    import contextlib
-    import io
-    import warnings
-    from collections import Counter
-
-    caught: list[str] = []
-    root = logging.getLogger()
-    saved = root.handlers[:]
-    records = _OrtRecords(saved)
-    out = io.StringIO()
-    root.handlers = [records]
-    try:
-        with warnings.catch_warnings(record=True) as raised, contextlib.redirect_stdout(out):
-            warnings.simplefilter("always")
-            yield caught
-    finally:
-        root.handlers = saved
-        for line, times in Counter(out.getvalue().splitlines()).items():  # a line per calibration batch, at times
-            log.info("onnxruntime: %s%s", line, f" (×{times})" if times > 1 else "")
-        for r in records.kept:
-            log.log(r.levelno, "onnxruntime: %s", r.getMessage())
-            if r.levelno >= logging.WARNING:
-                caught.append(r.getMessage())
-        for w in raised:
-            log.warning("%s: %s (%s:%d)", w.category.__name__, w.message, w.filename, w.lineno)
-            caught.append(f"{w.category.__name__}: {w.message}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,6 +119,9 @@ class Quantize:
     kernel_rewrites: bool = True  # graph rewrites that keep ORT on its fast INT8 kernels (compress.rewrites)
     if_slower: str = "warn"  # warn | fallback: what the deploy step does when INT8 runs slower than FP32 here
     speed_check_runs: int = 200  # batch-1 runs of each model in the deploy step's speed check; 0 skips it
+    # INT8's top-1 budget against its FP32 input on held-out training images: the most harmful nodes stay FP32
+    # until it holds (compress.mixed). None: plain INT8. The pipeline sets it from --max-drop.
+    max_drop_pt: float | None = None
 
     accepts = "onnx"
     produces = "onnx"
@@ -228,6 +140,8 @@ class Quantize:
                                 "fallback (keep the FP32 model when INT8 is slower on this CPU)")
         if self.speed_check_runs < 0:
             raise CompressError(f"speed_check_runs must be 0 (skip) or more, got {self.speed_check_runs}")
+        if self.max_drop_pt is not None and not self.max_drop_pt >= 0:
+            raise CompressError(f"max_drop_pt must be 0 or more (top-1 points), got {self.max_drop_pt}")
 
     def __call__(self, model: OnnxModel, ctx: "Context") -> OnnxModel:
         import numpy as np
@@ -249,6 +163,8 @@ class Quantize:
             if self.kernel_rewrites:
                 spread = np.linspace(0, len(calib) - 1, min(REWRITE_CHECK_IMAGES, len(calib))).astype(int)
                 self._compare(temps["plain"], path, calib[spread], notes, ctx)
+            if self.max_drop_pt is not None:
+                notes["mixed_precision"] = self._mixed(model.path, path, calib, recipe, temps, ctx)
         finally:
             for p in temps.values():
                 p.unlink(missing_ok=True)
@@ -266,35 +182,67 @@ class Quantize:
         ctx.note(self.name, host=host)  # the CPU this stage ran on, beside the target it built for
         if recipe.target == host:
             return
-        saturates = recipe.symmetric_activations and is_x86() and not has_vnni()
+        saturates = recipe.activation_type == "int8" and is_x86() and not has_vnni()
         ctx.warn(self.name, f"INT8 built for {recipe.target} on this {host} machine: its latency here says nothing "
                             "about the device" + (", and its accuracy here is too low: ORT's S8S8 kernels on x86-64 "
                             "without VNNI saturate 16-bit sums (a tiny MobileNetV3: 30% here, 67% like FP32 on an "
                             "emulated Cortex-A76); check accuracy on the device" if saturates else ""))
 
+    def _mixed(self, fp32: Path, int8: Path, calib: "np.ndarray", recipe: Int8Recipe, temps: dict[str, Path],
+               ctx: "Context") -> dict:
+        """Keep the most harmful nodes in FP32 while INT8 misses ``max_drop_pt`` (:mod:`compress.mixed`)."""
+        import tempfile
+
+        from compress import mixed
+        from compress.calibration import held_out_images
+        from compress.measure import compare_speed, onnx_call
+
+        held = held_out_images(ctx.data, self.calibration_size, ctx.seed)
+        if len(held[1]) == 0:
+            return {"outcome": "not tried: every training image calibrates, none is left to check accuracy on"}
+        if not temps["plain"].is_file():  # kernel_rewrites off: the QDQ model with the FP32 model's tensor names
+            self._quantize_static(temps["pre"], temps["plain"], calib, recipe)
+        harm, x = mixed.node_harm(temps["pre"], temps["plain"], held[0]), held[0][:1]
+
+        def slower(candidate: Path) -> bool:
+            if self.speed_check_runs == 0 or recipe.target != host_arch():
+                return False  # no speed check asked for, or none possible here (another CPU's kernels)
+            result = compare_speed(onnx_call(fp32, x, ctx.threads), onnx_call(candidate, x, ctx.threads),
+                                   rounds=10, runs_per_round=max(10, self.speed_check_runs // 10))
+            return result.verdict == "slower"
+
+        with tempfile.TemporaryDirectory(dir=int8.parent) as work:  # candidates never outlive the search
+            return mixed.search(fp32, int8, harm, held, self.max_drop_pt, threads=ctx.threads, work=Path(work),
+                                requantize=lambda names, out: self._write(fp32, out, calib, recipe, temps, {}, ctx,
+                                                                          exclude=names), slower=slower)
+
     def _write(self, src: Path, tmp: Path, calib: "np.ndarray", recipe: Int8Recipe, temps: dict[str, Path],
-               notes: dict, ctx: "Context") -> None:
+               notes: dict, ctx: "Context", exclude: list[str] | None = None) -> None:
         """Pre-process, quantize and (with ``kernel_rewrites``) rewrite ``src`` into ``tmp``. The plain INT8
-        model (same calibration ranges, no rewrites) is left at ``temps["plain"]`` for the comparison."""
+        model (same calibration ranges, no rewrites) is left at ``temps["plain"]`` for the comparison. ``exclude``:
+        nodes (of the pre-processed model) that stay FP32."""
         import time
 
         import onnx
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        from compress.rewrites import drop_unused_initializers, hardsigmoid_as_clip, pad_stem_input, short_tensor_names
+        from compress.rewrites import (drop_unused_initializers, hardsigmoid_as_clip, name_nodes, pad_stem_input,
+                                       short_tensor_names)
 
         with quantizer_output_to_log() as caught:
             quant_pre_process(str(src), str(temps["pre"]))
+            name_nodes(temps["pre"])  # nodes_to_exclude (mixed precision) names nodes
             if not self.kernel_rewrites:
-                self._quantize_static(temps["pre"], tmp, calib, recipe)
+                self._quantize_static(temps["pre"], tmp, calib, recipe, exclude=exclude)
                 q = onnx.load(str(tmp))
             else:
                 temps["table"].unlink(missing_ok=True)  # calibrate once, on the unpadded model; reuse the ranges
-                self._quantize_static(temps["pre"], temps["plain"], calib, recipe, table=temps["table"])
+                self._quantize_static(temps["pre"], temps["plain"], calib, recipe, table=temps["table"],
+                                      exclude=exclude)
                 padded = _pad_depthwise(temps["pre"], temps["padded"], calib[:8], recipe, ctx, self.name)
                 if padded:  # a second quantizer pass, without calibration: part of what the comparison costs
                     t = time.perf_counter()
-                    self._quantize_static(temps["padded"], tmp, None, recipe, table=temps["table"])
+                    self._quantize_static(temps["padded"], tmp, None, recipe, table=temps["table"], exclude=exclude)
                     notes["rewrite_check"] = {"extra_quantize_seconds": round(time.perf_counter() - t, 3)}
                 q = onnx.load(str(tmp if padded else temps["plain"]))
                 clip = hardsigmoid_as_clip(q)
@@ -312,7 +260,7 @@ class Quantize:
         check_onnx(tmp)
 
     def _quantize_static(self, src: Path, out: Path, calib: "np.ndarray | None", recipe: Int8Recipe,
-                         table: Path | None = None) -> None:
+                         table: Path | None = None, exclude: list[str] | None = None) -> None:
         """ORT ``quantize_static`` with the recipe; ``table`` caches the calibration ranges (a second call
         with the same ``table`` reuses them and needs no images)."""
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -333,7 +281,8 @@ class Quantize:
                 activation_type=qtype[recipe.activation_type], weight_type=qtype[recipe.weight_type],
                 calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                   "percentile": CalibrationMethod.Percentile}[self.calibration],
-                extra_options=extra, calibration_cache_path=str(table) if table is not None else None)
+                extra_options=extra, calibration_cache_path=str(table) if table is not None else None,
+                nodes_to_exclude=list(exclude or []))
         except ValueError as e:  # ORT's histogram on a near-constant tensor; anything else is a bug
             if "finite-sized bins" not in str(e):
                 raise

@@ -95,6 +95,9 @@ class RunReport:
     # Reference measurements that are not steps: "baseline_onnx" (the baseline exported to FP32 ONNX: the fair
     # "no compression" comparison for every ONNX step) and "baseline_eager" (the baseline in PyTorch eager).
     references: dict[str, Metrics] = field(default_factory=dict)
+    # Energy per inference at batches 1, 8 and 32 of "deployed", "baseline_onnx" and "baseline_eager": {name: {batch:
+    # {"energy_per_inference_j", "ms_per_image", "images", "energy_method"}}} (batch 1 from the metrics).
+    energy_by_batch: dict[str, dict[str, dict]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     created_utc: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 

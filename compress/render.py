@@ -308,3 +308,46 @@ def method_kind(label: str | None) -> str:
     kind = (label or "").split(":")[0]
     return {"codecarbon-estimate": "estimated from time, not measured", "rapl": "measured (RAPL counters)",
             "user-power": "from your power figure × time"}.get(kind, kind)
+
+
+MIXED_HEADERS = ["node", "op", "SQNR dB", "fidelity lost dB", "kept FP32"]
+
+
+def mixed_precision(report: "RunReport") -> tuple[str, list[list[str]]] | None:
+    """INT8's mixed-precision search (:mod:`compress.mixed`): one sentence, and the ten most harmful nodes as
+    rows of :data:`MIXED_HEADERS`; None when the run had no budget for it."""
+    if not report.has_step("quantize"):
+        return None
+    record = report.step("quantize").notes.get("mixed_precision")
+    if not isinstance(record, dict) or "worst_nodes" not in record:
+        return None
+    kept = set(record["kept_fp32"])
+    tried = ", ".join(f"{a['kept_fp32']} node(s) FP32 → {a['drop_pt']:+.2f} pt" for a in record["attempts"])
+    text = (f"Mixed precision under a {record['budget_pt']:g}-point budget (what --max-drop left for INT8), judged on "
+            f"{record['held_out_images']:,} held-out training images: FP32 {record['fp32_top1_pct']:.2f}%, plain INT8 "
+            f"{record['plain_int8_top1_pct']:.2f}%, shipped INT8 {record['int8_top1_pct']:.2f}%. "
+            + (f"Tried: {tried}. " if tried else "") + record["outcome"][0].upper() + record["outcome"][1:] + ".")
+    rows = [[r["node"], r["op"], f"{r['sqnr_db']:.1f}", f"{r['harm_db']:.2f}", "yes" if r["node"] in kept else ""]
+            for r in record["worst_nodes"]]
+    return text, rows
+
+
+ENERGY_BATCH_HEADERS = ["batch", "deployed", "baseline FP32 ONNX", "baseline eager", "deployed vs baseline ONNX",
+                        "deployed vs baseline eager"]
+
+
+def energy_batch_rows(report: "RunReport") -> list[list[str]]:
+    """Energy per inference (image) by batch size, the deployed model against both references; [] when the run
+    has no such measurement (older reports)."""
+    e = report.energy_by_batch
+    if not e.get("deployed"):
+        return []
+    col = next(c for c in COLUMNS if c.key == "energy_per_inference_j")
+    rows = []
+    for batch in sorted(e["deployed"], key=int):
+        j = {name: (e.get(name, {}).get(batch) or {}).get("energy_per_inference_j")
+             for name in ("deployed", "baseline_onnx", "baseline_eager")}
+        rows.append([batch, *(fmt_energy(j[n]) for n in ("deployed", "baseline_onnx", "baseline_eager")),
+                     ratio_text(ratio(j["deployed"], j["baseline_onnx"], col), col) or "n/a",
+                     ratio_text(ratio(j["deployed"], j["baseline_eager"], col), col) or "n/a"])
+    return rows

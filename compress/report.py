@@ -10,8 +10,8 @@ from pathlib import Path
 from compress.checkpoint import atomic_write
 from compress.html import write_html
 from compress.records import RunReport
-from compress.render import (TABLE_HEADERS, ratio_note, carbon_sentence, energy_method_text, headline,
-                             markdown_table, table_rows)
+from compress.render import (ENERGY_BATCH_HEADERS, MIXED_HEADERS, TABLE_HEADERS, carbon_sentence, energy_batch_rows,
+                             energy_method_text, headline, markdown_table, mixed_precision, ratio_note, table_rows)
 
 
 def render_markdown(report: RunReport) -> str:
@@ -26,9 +26,18 @@ def render_markdown(report: RunReport) -> str:
     carbon = carbon_sentence(report)
     if carbon:
         lines.append(carbon)
+    by_batch = energy_batch_rows(report)
+    if by_batch:
+        lines += ["", "Energy per inference (one image) by batch size, the deployed model against both references "
+                  "(batch 1: each model's own measurement; 8 and 32: the same energy loop on a batch of test images):",
+                  "", markdown_table(ENERGY_BATCH_HEADERS, by_batch)]
     env = report.environment
     lines += ["", f"Environment: {env['cpu']} ({env['cores']} cores, {env['machine']}), Python {env['python']}, "
               + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + "."]
+    mixed = mixed_precision(report)
+    if mixed:
+        lines += ["", "## INT8 mixed precision", "", mixed[0], "", "The ten nodes that lose the most fidelity (SQNR "
+                  "against the FP32 model, on the node's output):", "", markdown_table(MIXED_HEADERS, mixed[1])]
     warnings = [(s.step, w) for s in report.steps for w in s.warnings]
     if warnings:
         lines += ["", "## Warnings", ""] + [f"- **{step}**: {w}" for step, w in warnings]

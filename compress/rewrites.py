@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import onnx
 
 # Ops whose output channel c depends only on input channel c: a zero-padded channel stays separate.
@@ -63,6 +65,22 @@ def drop_unused_initializers(model: "onnx.ModelProto") -> int:
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
     return dropped
+
+
+def name_nodes(path: Path) -> None:
+    """Give every unnamed node of the model at ``path`` a unique name (``<op>_<index>``), in place: ORT's graph
+    optimiser leaves the nodes it creates unnamed, and the quantizer's ``nodes_to_exclude`` works by name."""
+    import onnx
+
+    m = onnx.load(str(path))
+    taken = {n.name for n in m.graph.node}
+    unnamed = [(i, n) for i, n in enumerate(m.graph.node) if not n.name]
+    for i, n in unnamed:
+        n.name = next(name for k in range(len(taken) + 1) if (name := f"{n.op_type}_{i}" + (f"_{k}" if k else ""))
+                      not in taken)
+        taken.add(n.name)
+    if unnamed:
+        onnx.save(m, str(path))
 
 
 def short_tensor_names(model: "onnx.ModelProto") -> None:

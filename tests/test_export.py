@@ -46,6 +46,19 @@ def test_onnx_and_torch_count_the_same_macs(trained, tmp_path):
     assert abs(onnx_params - params(trained)) / params(trained) < 0.02  # BN folded into convs
 
 
+def test_macs_are_counted_when_shape_inference_stops_at_a_computed_pad(tmp_path):
+    """EfficientNet-Lite's TF "same" padding exports as Pad nodes whose pads come from a chain of ops; ONNX shape
+    inference gives up after the first one, and the count fell to 0 MACs. Shapes now come from a run."""
+    from compress.models import create_model
+
+    net, _ = create_model("efficientnet_lite0", num_classes=3, weights="none")
+    with context(tmp_path, data=fmnist_subset(64, 8)) as ctx:
+        exported = Export()(net.eval(), ctx)
+
+    assert "Pad" in {n.op_type for n in onnx.load(str(exported.path)).graph.node}
+    assert onnx_params_macs(exported.path, 32)[1] == torch_macs(net, 32) > 0
+
+
 def test_the_batch_dimension_is_dynamic(trained, tmp_path):
     with context(tmp_path) as ctx:
         onnx_model = Export()(trained, ctx)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -174,6 +175,14 @@ def test_gate_ships_int8_when_it_holds_accuracy_and_agrees(converted, trained, d
         assert 0 < record[f"{k}_latency_ms_median"] <= record[f"{k}_latency_ms_p90"]
     assert record["latency_threads"] == 1 and record["latency_batch"] == 1 and record["latency_runs"] >= 50
     json.dumps(record)  # flat and serialisable: it goes into report.json
+    # The Android demo app reads its INT8 input/output quantisation from this record, and the image steps
+    # from preprocess.json: every key it asks for is there.
+    kotlin = (ROOT / "edge_demo" / "android" / "app" / "src" / "main" / "kotlin" / "dev" / "compress" / "edge"
+              / "EdgeClassifier.kt").read_text()
+    asked = set(re.findall(r'litert\.get\w+\("(\w+)"\)', kotlin))
+    assert asked and asked <= set(record), asked - set(record)
+    asked_pre = set(re.findall(r'pre\.get\w+\("(\w+)"\)', kotlin))
+    assert {"width", "height", "scale", "mean", "std"} == asked_pre and asked_pre <= set(data.preprocess())
 
 
 def record_predictions(path: Path, data) -> np.ndarray:
@@ -336,3 +345,41 @@ def test_emulated_aarch64_interpreter_gives_the_same_outputs(precision, converte
         steps = np.abs(arm.astype(np.int32) - x86.astype(np.int32))
         assert steps.max() <= INT8_MAX_STEPS
         assert (steps.max(axis=1) == 0).mean() >= INT8_MIN_IDENTICAL
+
+
+# --------------------------------------------------------------------------- end to end
+
+@pytest.mark.slow
+def test_compress_run_litert_bundles_the_gated_files_with_their_record(tmp_path):
+    """`compress run ... --int8 --litert` (as a config): the bundle gets model.tflite, model_int8.tflite when it
+    passed the gate, their sha256 in the manifest, and the LiteRT record; the FP32 file predicts like the ONNX
+    FP32 export."""
+    from compress.config import resolve
+    from compress.core import run_onnx, session, sha256_file
+    from compress.data import load_dataset
+    from compress.litert import TfliteModel
+    from compress.models import preprocessing
+    from compress.pipeline import run
+
+    cfg = resolve(overrides={"model": "tiny_mobilenet_v3", "data": "digits", "litert": True, "allow_chance": True,
+                             "train": {"epochs": 3, "batch_size": 64, "lr": 0.1},
+                             "quantize": {"calibration_size": CALIBRATION_IMAGES, "speed_check_runs": 0},
+                             "measure": {"warmup_runs": 2, "min_runs": 20, "min_seconds": 0.05,
+                                         "throughput_seconds": 0.05}})
+
+    report = run(cfg, tmp_path / "run")
+
+    edge = tmp_path / "run" / "edge"
+    manifest = json.loads((edge / "manifest.json").read_text())
+    record = manifest["litert"]
+    assert isinstance(record, dict) and record["files"][0] == "model.tflite"
+    for name in record["files"]:
+        assert manifest["files"][name]["sha256"] == sha256_file(edge / name)
+    assert (edge / "model_int8.tflite").is_file() == record["int8_shipped"]
+    assert record["test_images"] == report.dataset["test_images"] == 450
+    digits = load_dataset("digits", input_size=32).with_normalization(*preprocessing(cfg.model, cfg.weights))
+    images = digits.normalize(digits.test_x).numpy()
+    tflite = TfliteModel(edge / "model.tflite").logits(images).argmax(1)
+    onnx_fp32 = run_onnx(session(tmp_path / "run" / report.step("export").artifact), images).argmax(1)
+    assert (tflite == onnx_fp32).mean() >= 0.99
+    assert abs(record["fp32_top1_pct"] - report.step("export").metrics.top1_pct) <= 0.5

@@ -101,3 +101,36 @@ def test_a_callers_own_network_runs_through_the_python_api(tmp_path):
     assert any(c[0] == "epoch" for c in progress.calls)
     assert (tmp_path / "run" / "edge" / "model.onnx").is_file() and (tmp_path / "run" / "report.html").is_file()
     assert RunReport.load(tmp_path / "run") == report
+
+
+def test_max_drop_gives_int8_what_is_left_of_the_budget_and_the_report_shows_its_search(tmp_path):
+    """--max-drop with --int8: the quantize stage gets the budget minus what the steps before it lost, searches
+    mixed precision with it, and report.md/report.html show the ten most harmful nodes."""
+    cfg = resolve(overrides={"model": "tiny_mobilenet_v3", "data": "digits", "max_drop": 0.5, "allow_chance": True,
+                             "train": {"epochs": 3, "batch_size": 64, "lr": 0.1}, "measure": QUICK_MEASURE,
+                             "quantize": {"calibration_size": 64, "speed_check_runs": 0}})
+
+    report = run(cfg, tmp_path / "run")
+
+    spent = report.baseline.metrics.top1_pct - report.step("export").metrics.top1_pct
+    q = report.step("quantize")
+    assert q.stage["max_drop_pt"] == pytest.approx(max(0.0, 0.5 - spent), abs=1e-3)
+    record = q.notes["mixed_precision"]
+    assert record["budget_pt"] == q.stage["max_drop_pt"] and record["held_out_images"] == 1347 - 64
+    md = (tmp_path / "run" / "report.md").read_text()
+    section = md.split("## INT8 mixed precision", 1)[1]
+    assert f"{record['held_out_images']:,} held-out training images" in section
+    assert section.count(record["worst_nodes"][0]["node"]) >= 1 and len(record["worst_nodes"]) == 10
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert 'id="mixed"' in html and 'id="energy-batch"' in html
+    assert RunReport.load(tmp_path / "run") == report
+    # energy per inference at batch 1, 8 and 32: the deployed model and both references
+    e = report.energy_by_batch
+    assert set(e) == {"deployed", "baseline_onnx", "baseline_eager"}
+    assert all(list(v) == ["1", "8", "32"] for v in e.values())
+    assert e["deployed"]["1"]["energy_per_inference_j"] == report.deployed().metrics.energy_per_inference_j
+    for batch in ("8", "32"):
+        m = e["deployed"][batch]
+        assert m["images"] >= QUICK_MEASURE["min_runs"] and m["images"] % int(batch) == 0 and m["ms_per_image"] > 0
+        assert m["energy_per_inference_j"] is None or m["energy_per_inference_j"] > 0
+    assert md.count("\n| 32 |") == 1 and "deployed vs baseline eager" in md

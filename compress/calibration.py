@@ -1,0 +1,63 @@
+"""The training images INT8 works with: those it calibrates on, and held-out ones it checks its accuracy on.
+
+Both come from one seeded permutation of the *training* split (never the test split): the first
+``calibration_size`` images calibrate, the images after them are held out.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from compress.data import Dataset
+
+HELD_OUT_IMAGES = 2000
+
+
+def calibration_reader(images: "np.ndarray", batch_size: int = 32):
+    """An ORT ``CalibrationDataReader`` over normalised images, ``batch_size`` at a time. It supports
+    ``len`` and ``set_range`` (in batches), which ORT's ``CalibStridedMinMax`` pass-by-pass calibration uses."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    starts = range(0, len(images), batch_size)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rewind()
+
+        def __len__(self) -> int:
+            return len(starts)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.todo = iter(starts[start_index:end_index])
+
+        def get_next(self):
+            i = next(self.todo, None)
+            return None if i is None else {"input": images[i:i + batch_size]}
+
+        def rewind(self) -> None:
+            self.set_range(0, len(starts))
+
+    return Reader()
+
+
+def calibration_images(data: "Dataset", size: int, seed: int) -> "np.ndarray":
+    """``size`` training images (seeded, in index order), normalised: what ``Quantize`` calibrates on."""
+    import numpy as np
+
+    n = data.train_x.shape[0]
+    idx = np.sort(np.random.default_rng(seed).permutation(n)[:min(size, n)])
+    return data.normalize(data.train_x[idx]).numpy()
+
+
+def held_out_images(data: "Dataset", calibration_size: int, seed: int,
+                    count: int = HELD_OUT_IMAGES) -> tuple["np.ndarray", "np.ndarray"]:
+    """Normalised training images and labels that :func:`calibration_images` did not take (the
+    same seeded permutation, the part after the calibration images)."""
+    import numpy as np
+
+    n = data.train_x.shape[0]
+    idx = np.sort(np.random.default_rng(seed).permutation(n)[min(calibration_size, n):][:count])
+    return data.normalize(data.train_x[idx]).numpy(), data.train_y[idx].numpy()
