@@ -131,7 +131,9 @@ class EnergyMeter:
                 raise CompressError(f"codecarbon cannot track emissions for country {self.country!r} "
                                     f"({type(e).__name__}): use an ISO 3166 alpha-3 code such as USA, FRA, DEU") from None
         # codecarbon installs a stream handler of its own; its messages belong in the run log, not the terminal.
-        logger.handlers = []
+        # A NullHandler keeps logging's last-resort stderr handler away when nothing propagates (for example the
+        # scheduler's "didn't run for a long period" warning on a loaded machine).
+        logger.handlers = [logging.NullHandler()]
         logger.propagate = self.log_file is not None
         if self.log_file is not None and captured.getvalue():
             with open(self.log_file, "a") as f:
