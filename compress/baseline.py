@@ -7,6 +7,7 @@ the torch version, so another compression setting of the same job reuses the sam
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from compress import distributed
 from compress.core import Context, cache_dir
 from compress.errors import CompressError
 from compress.heads import fit_head
+from compress.lr_range import resolve_lr
 from compress.models import create_model, model_fingerprint
 from compress.recipe import Recipe
 from compress.train import fit
@@ -85,16 +87,20 @@ class Baseline:
             ckpt.load_state_dict(cached, net)
             meta = json.loads(meta_file.read_text())
             ctx.note(self.name, init=meta.get("init", init), cache=str(cached), cache_hit=True,
-                     original_training=meta.get("work"), recipe=dataclasses.asdict(recipe), recipe_adapted=why)
+                     original_training=meta.get("work"), recipe=meta.get("recipe", dataclasses.asdict(recipe)),
+                     recipe_adapted=why)
             return net.eval()
         if ctx.progress:
             ctx.progress.step_started(self.name, f"training the baseline ({recipe.epochs} epochs)")
         short = recipe.too_short(train_images=int(ctx.data.train_x.shape[0]), pretrained=is_pretrained(init))
         if short:
             ctx.warn(self.name, short)
+        warn = functools.partial(ctx.warn, self.name)
+        # The LR is settled here, not inside fit, so that the record (and recovery fine-tuning) knows the peak LR.
+        recipe = resolve_lr(net, ctx.data, recipe, device=ctx.device, seed=ctx.seed,
+                            checkpoint=ctx.checkpoint(self.name), warn=warn)
         trained = fit(net, ctx.data, recipe, seed=ctx.seed, device=ctx.device, on_epoch=ctx.epoch_done,
-                      on_batch=ctx.batch_done, checkpoint=ctx.checkpoint(self.name),
-                      on_warning=lambda msg: ctx.warn(self.name, msg))
+                      on_batch=ctx.batch_done, checkpoint=ctx.checkpoint(self.name), on_warning=warn)
         if not distributed.is_main():  # distributed (#11): the other ranks trained beside rank 0, which caches it
             return trained
         ckpt.save(ckpt.model_record(trained), cached)

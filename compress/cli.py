@@ -69,11 +69,11 @@ def _parser() -> argparse.ArgumentParser:
 def _run_parser(sub: Any, fmt: type) -> None:
     """``compress run``: every help text takes its default from the config dataclasses, never a copy."""
     from compress.config import RunConfig
-    from compress.finetune import Finetune
+    from compress.finetune import RECOVERY_LR, Finetune
     from compress.measure import MeasureConfig
     from compress.prune import IMPORTANCES, Prune
     from compress.quantize import CALIBRATIONS, IF_SLOWER, TARGETS, Quantize
-    from compress.train import Recipe
+    from compress.recipe import DEFAULT_LR, SMALL_DATA, Recipe
 
     run_cfg, prune, finetune, quantize, recipe = RunConfig(), Prune(), Finetune(), Quantize(), Recipe()
     r = sub.add_parser("run", help="run the pipeline", description="Run baseline → prune → fine-tune → export → "
@@ -94,11 +94,13 @@ def _run_parser(sub: Any, fmt: type) -> None:
                    help="with --edge-friendly: also remove squeeze-and-excitation blocks")
     r.add_argument("--epochs", type=int, metavar="N", help=f"baseline training epochs (default {recipe.epochs}; "
                    "0 keeps the weights as they are)")
-    r.add_argument("--lr", type=float, help=f"baseline training peak learning rate (default {recipe.lr:g})")
+    r.add_argument("--lr", type=float, help=f"baseline training peak learning rate for a batch of "
+                   f"{recipe.batch_size} (default {DEFAULT_LR:g}, scaled with the batch; under {SMALL_DATA:,} "
+                   "training images a short LR range test picks it)")
     r.add_argument("--finetune-epochs", type=int, metavar="N", help="recovery fine-tuning epochs after --prune or "
                    f"--edge-friendly (default {finetune.epochs})")
     r.add_argument("--finetune-lr", type=float, metavar="LR", help="recovery fine-tuning peak learning rate "
-                   f"(default {finetune.lr:g})")
+                   f"(default: half the baseline's, {RECOVERY_LR:g} for the default job)")
     r.add_argument("--weights", help="auto (cached ImageNet weights, else from scratch), imagenet, none, "
                    f"or a state_dict path (default {run_cfg.weights})")
     r.add_argument("--input-size", type=int, metavar="PIXELS", help="input height and width in pixels "

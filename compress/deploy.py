@@ -109,9 +109,11 @@ def choose(report: RunReport, cfg: "RunConfig", ctx: Context) -> Decision:
         chosen, reason = _within_budget(report, candidates, cfg.max_drop, ctx)
     chance = near_chance(chosen)
     if chance is not None and not cfg.allow_chance:
+        peak = report.baseline.notes.get("recipe", {}).get("lr")
         raise CompressError(f"the model to deploy ({chosen.step}) reaches {chosen.metrics.top1_pct:.2f}% top-1, at "
                             f"or near chance ({chance:.1f}%): nothing was bundled. Train longer or with another "
-                            f"--lr (now {cfg.train.lr}), check the data, or add --allow-chance to bundle it anyway")
+                            f"--lr (the baseline's peak LR was {peak if peak else 'not trained'}), check the data, "
+                            "or add --allow-chance to bundle it anyway")
     for s in report.steps:
         s.deployed = s is chosen
     return Decision(step=chosen.step, reason=reason)

@@ -1,4 +1,5 @@
-"""Recovery fine-tuning after pruning or the edge-friendly swap, distilled from the unpruned baseline."""
+"""Recovery fine-tuning after pruning or the edge-friendly swap, distilled from the unpruned baseline (on data sets
+large enough for the baseline to teach)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from compress.errors import CompressError
-from compress.recipe import SCHEDULES, Distill, Recipe
+from compress.recipe import DEFAULT_LR, SCHEDULES, SMALL_DATA, Distill, Recipe, scale_lr
 from compress.train import fit
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
     from compress.core import Context
+
+
+RECOVERY_LR = DEFAULT_LR / 2  # for batch 256, when no baseline LR is known (a small data set then probes instead)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,12 +28,14 @@ class Finetune:
     """
 
     epochs: int = 12
-    lr: float = 0.2  # peak of the one-cycle schedule; half the baseline's, the weights are already good
+    # Peak LR for batch_size. None: half the baseline's peak LR (the pipeline fills it in from the baseline's record:
+    # 0.2 for the default job), the weights being trained already; without a baseline record, RECOVERY_LR.
+    lr: float | None = None
     batch_size: int = 256
     schedule: str = "onecycle"
     weight_decay: float = 5e-5
     label_smoothing: float = 0.0  # the teacher's soft targets already smooth the labels
-    distill: bool = True  # knowledge distillation from the unpruned baseline
+    distill: bool | None = None  # distil from the unpruned baseline; None: on SMALL_DATA training images or more
     temperature: float = 4.0
     alpha: float = 0.7  # weight of the distillation loss against the hard-label loss
     quant_aware_epochs: int = 4  # with --int8, the last epochs (all, if fewer) train with INT8-rounded activations
@@ -50,6 +56,26 @@ class Finetune:
         if self.quant_aware_epochs < 0:
             raise CompressError(f"finetune quant_aware_epochs must be 0 (off) or more, got {self.quant_aware_epochs}")
 
+    def with_baseline_lr(self, baseline_recipe: dict) -> "Finetune":
+        """This stage with ``lr`` set to half the peak LR ``baseline_recipe`` (a baseline's recorded recipe) trained
+        with, scaled from its batch to this stage's (:func:`compress.recipe.scale_lr`; adapt scales it back). An LR
+        range test on the pruned model picked too low an LR for recovery (MobileNetV3-small, 1,584 photos: 0.022
+        recovered to 82%; half the baseline's 0.10 gave 99.5%).
+        Unchanged when ``lr`` is set or the baseline's LR is unknown."""
+        lr, batch = baseline_recipe.get("lr"), baseline_recipe.get("batch_size")
+        known = lr and batch and baseline_recipe.get("epochs") and not baseline_recipe.get("probe_lr")
+        if self.lr is not None or not known:
+            return self
+        return dataclasses.replace(self, lr=float(f"{scale_lr(0.5 * lr, batch, self.batch_size):.4g}"))
+
+    def distils(self, train_images: int) -> bool:
+        """Whether recovery learns from the baseline's soft targets. On small data sets it learns from the labels
+        alone: a baseline trained on a few hundred or thousand images teaches its own errors. Measured with 6
+        recovery epochs after pruning 30% (test top-1, distilled → labels only): EfficientNet-B0 on 1,584 photos
+        77.8% → 100%, MobileNetV3-small on the same 97.7% → 100%, EfficientNet-B0 on 400 Fashion-MNIST images
+        66% → 79%."""
+        return self.distill if self.distill is not None else train_images >= SMALL_DATA
+
     def recipe(self) -> Recipe:
         return Recipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, schedule=self.schedule,
                       weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
@@ -57,10 +83,13 @@ class Finetune:
 
     def __call__(self, model: "nn.Module", ctx: "Context") -> "nn.Module":
         self.check()
-        teacher = ctx.teacher if self.distill else None
+        images = int(ctx.data.train_x.shape[0])
+        teacher = ctx.teacher if self.distils(images) else None
         # Recovery starts from trained weights but changes every layer: adapt batch and LR to the data size only.
-        recipe, why = self.recipe().adapted(train_images=int(ctx.data.train_x.shape[0]), pretrained=False)
-        ctx.note(self.name, recipe=dataclasses.asdict(recipe), recipe_adapted=why)
+        recipe, why = self.recipe().adapted(train_images=images, pretrained=False, default_lr=RECOVERY_LR)
+        if self.distill is None and teacher is None:
+            why.append(f"labels only, no distillation from the baseline (under {SMALL_DATA:,} training images)")
+        ctx.note(self.name, recipe=dataclasses.asdict(recipe), recipe_adapted=why, distilled=teacher is not None)
         return fit(model, ctx.data, recipe, seed=ctx.seed + 1, device=ctx.device, teacher=teacher,
                    distill=Distill(temperature=self.temperature, alpha=self.alpha) if teacher is not None else None,
                    on_epoch=ctx.epoch_done, on_batch=ctx.batch_done, checkpoint=ctx.checkpoint(self.name),

@@ -42,6 +42,12 @@ def head_layer(model: "nn.Module") -> "nn.Module | None":
     return linears[-1] if linears else None
 
 
+def head_params(model: "nn.Module") -> list:
+    """The parameters of :func:`head_layer` (none when the model has no such layer)."""
+    last = head_layer(model)
+    return list(last.parameters()) if last is not None else []
+
+
 def head_note(num_classes: int) -> str:
     return ("ImageNet classifier kept (1000 classes)" if num_classes == 1000
             else f"classifier replaced for {num_classes} classes")

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compress.calibration import calibration_images, calibration_reader  # noqa: F401 (this module's API too)
+from compress.calibration import HELD_OUT_IMAGES, calibration_images, calibration_reader  # noqa: F401 (API too)
 from compress.core import OnnxModel, check_onnx
 from compress.errors import CompressError
 from compress.host import host_arch
@@ -152,7 +152,7 @@ class Quantize:
         check_onnx(model.path)
         if ctx.data.train_x.shape[0] == 0:
             raise CompressError("--int8 needs calibration images but the training split is empty: add training images")
-        calib = calibration_images(ctx.data, self.calibration_size, ctx.seed)
+        calib = calibration_images(ctx.data, self.calibration_count(ctx.data.train_x.shape[0]), ctx.seed)
         recipe = int8_recipe(self.target, self.activation_type)
         path = ctx.artifact(self.name, "model.onnx")
         temps = {k: ctx.artifact(self.name, f) for k, f in [("pre", "preprocessed.onnx"), ("plain", "plain.onnx"),
@@ -173,6 +173,14 @@ class Quantize:
                  weight_type=recipe.weight_type, reduce_range=recipe.reduce_range, activation_type_reason=recipe.why,
                  calibration_images=len(calib), calibration_split="train", **notes)
         return OnnxModel(path, foreign=recipe.target != host_arch())
+
+    def calibration_count(self, train_images: int) -> int:
+        """How many training images calibrate. Under an accuracy budget, a fifth of a small training split (up to
+        HELD_OUT_IMAGES) stays out, so that mixed precision has images to check INT8 on: on 1,584 photos every image
+        calibrated, and EfficientNet-B0's INT8 (72% top-1 against FP32's 100%) could not try it."""
+        if self.max_drop_pt is None:
+            return self.calibration_size
+        return min(self.calibration_size, train_images - min(HELD_OUT_IMAGES, train_images // 5))
 
     def _off_target(self, recipe: Int8Recipe, ctx: "Context") -> None:
         """Say loudly when the model is built for another CPU than this one: what is measured here misleads."""
@@ -197,7 +205,7 @@ class Quantize:
         from compress.calibration import held_out_images
         from compress.measure import compare_speed, onnx_call
 
-        held = held_out_images(ctx.data, self.calibration_size, ctx.seed)
+        held = held_out_images(ctx.data, len(calib), ctx.seed)
         if len(held[1]) == 0:
             return {"outcome": "not tried: every training image calibrates, none is left to check accuracy on"}
         if not temps["plain"].is_file():  # kernel_rewrites off: the QDQ model with the FP32 model's tensor names

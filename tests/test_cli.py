@@ -110,6 +110,7 @@ def test_efficientnet_on_a_folder_of_photos(tmp_path):
     from PIL import Image
 
     from compress.data import FASHION_MNIST_DEBIAN, FASHION_MNIST_LABELS, read_idx
+    from compress.recipe import scale_lr
 
     images = read_idx(FASHION_MNIST_DEBIAN / "t10k-images-idx3-ubyte.gz")
     labels = read_idx(FASHION_MNIST_DEBIAN / "t10k-labels-idx1-ubyte.gz")
@@ -121,8 +122,11 @@ def test_efficientnet_on_a_folder_of_photos(tmp_path):
                 Image.fromarray(images[i]).save(d / f"{i}.png")
     out = tmp_path / "run"
 
+    # 90 training and 30 test images check the plumbing, not learning: the same run ended recovery at 43% or 70%
+    # depending on the thread count (float sums in another order), and a model near chance must not stop it.
+    # benchmarks/recipes.py measures learning on folders (its quick cells run in test_benchmarks.py).
     rc = main(["run", "efficientnet_b0", "--prune", "0.3", "--data", str(tmp_path / "photos"), "--epochs", "2",
-               "--finetune-epochs", "1", "--int8", "--out", str(out), "--quiet"])
+               "--finetune-epochs", "1", "--int8", "--allow-chance", "--out", str(out), "--quiet"])
 
     assert rc == 0
     report = RunReport.load(out)
@@ -130,6 +134,10 @@ def test_efficientnet_on_a_folder_of_photos(tmp_path):
     assert report.dataset["class_names"] == ["Sneaker", "T-shirt_top", "Trouser"]
     prune = report.step("prune")
     assert prune.metrics.params < 0.7 * report.steps[0].metrics.params
+    finetune = report.step("finetune")  # recovery at half the baseline's peak LR, scaled to its batch
+    assert finetune.stage["lr"] == pytest.approx(scale_lr(0.5 * report.baseline.notes["recipe"]["lr"],
+                                                          report.baseline.notes["recipe"]["batch_size"], 256), rel=1e-3)
+    assert finetune.notes["distilled"] is False  # 90 images: recovery learns from the labels
     notes = report.step("export").notes
     assert notes["parity_max_abs_diff"] <= notes["parity_limit"]
     assert (out / "edge" / "model.onnx").is_file()
@@ -180,16 +188,16 @@ def test_every_help_ends_with_an_example(command, capsys):
 
 def test_help_shows_defaults_from_the_dataclasses(capsys):
     from compress.config import RunConfig
-    from compress.finetune import Finetune
+    from compress.finetune import RECOVERY_LR, Finetune
     from compress.prune import Prune
-    from compress.train import Recipe
+    from compress.recipe import DEFAULT_LR, Recipe
 
     main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
 
     assert f"baseline training epochs (default {Recipe().epochs}; 0 keeps the weights as they are)" in text
-    assert f"baseline training peak learning rate (default {Recipe().lr:g})" in text
-    assert f"(default {Finetune().epochs})" in text and f"(default {Finetune().lr:g})" in text
+    assert f"baseline training peak learning rate for a batch of {Recipe().batch_size} (default {DEFAULT_LR:g}" in text
+    assert f"(default {Finetune().epochs})" in text and f"(default: half the baseline's, {RECOVERY_LR:g}" in text
     assert f"(default 0: no pruning; {Prune().ratio:g} is a good start)" in text
     assert f"--seed SEED seed for the data subsets, initialisation and training order (default {RunConfig().seed})" \
         in text

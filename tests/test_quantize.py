@@ -385,3 +385,15 @@ def test_max_drop_pt_without_kernel_rewrites_still_ranks_nodes(fp32, tmp_path):
         record = ctx.notes["quantize"]["mixed_precision"]
     assert len(record["worst_nodes"]) == 10 and record["kept_fp32"] == []
     assert sorted(p.name for p in (tmp_path / "quantize").iterdir()) == ["model.onnx"]  # no candidate left behind
+
+
+def test_a_budget_on_a_small_training_split_keeps_a_fifth_out_of_calibration_for_mixed_precision():
+    from compress.calibration import HELD_OUT_IMAGES, held_out_images
+
+    plain, budget = Quantize(), Quantize(max_drop_pt=1.0)
+    assert plain.calibration_count(1_584) == plain.calibration_size  # no budget: every image may calibrate
+    assert budget.calibration_count(1_584) == 1_584 - 316
+    assert budget.calibration_count(60_000) == plain.calibration_size  # big splits have images left over anyway
+    data = load_dataset("digits", input_size=32)
+    count = budget.calibration_count(data.train_x.shape[0])
+    assert len(held_out_images(data, count, 0)[1]) == min(HELD_OUT_IMAGES, data.train_x.shape[0] - count) > 0

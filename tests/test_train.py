@@ -64,6 +64,27 @@ def test_bn_recalibration_restores_the_running_statistics(trained):
     assert all(m.momentum == 0.01 and not m.training for m in bns)  # torchvision's momentum and eval mode kept
 
 
+def test_frozen_batchnorm_statistics_are_this_datas_and_stay_as_the_weights_were_trained_with():
+    from tests.fixtures.tiny_net import TinyNet
+
+    data = fmnist_subset()
+    torch.manual_seed(0)
+    model = TinyNet(num_classes=10)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.fill_(100.0)  # another domain's statistics (pretrained at another size, in colour)
+    expected = copy.deepcopy(model)
+    recalibrate_bn(expected, data)  # this data's statistics under the weights training starts from
+
+    trained = fit(model, data, Recipe(epochs=1, batch_size=64, lr=0.05, adapt=False, head_epochs=0, freeze_bn=True),
+                  seed=0)
+
+    pairs = [(a, b) for a, b in zip(trained.modules(), expected.modules()) if isinstance(a, nn.BatchNorm2d)]
+    assert pairs and all(torch.allclose(a.running_mean, b.running_mean, atol=1e-3) and  # memory layouts differ
+                         torch.allclose(a.running_var, b.running_var, rtol=1e-3) for a, b in pairs)
+    assert any(not torch.equal(a.weight, b.weight) for a, b in pairs)  # the affine parameters trained
+
+
 def test_an_absurd_learning_rate_fails_with_one_line_after_max_recoveries():
     """Peak LR 50 diverges at every retry (25, 12.5, 6.25): three warnings, then the one-line error."""
     model, _ = create_model("tiny_mobilenet_v3", num_classes=10)

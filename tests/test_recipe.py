@@ -1,0 +1,114 @@
+"""The adaptive training recipe: the default job untouched, the rules for small data and pretrained weights, an LR
+that is given used as given, an LR range test that finds nothing falling back to the recipe's LR, and recovery
+fine-tuning at half the baseline's peak LR."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from compress.finetune import RECOVERY_LR, Finetune
+from compress.recipe import CLIP_NORM, DEFAULT_LR, MIN_BATCH, Recipe
+from compress.lr_range import PROBE_DIVISOR, resolve_lr
+from tests.helpers import digits
+
+
+def test_the_default_job_gets_exactly_the_tuned_recipe():
+    recipe, why = Recipe().adapted(train_images=48_000, pretrained=False)
+
+    assert (recipe.lr, recipe.batch_size, recipe.clip_grad_norm, recipe.probe_lr) == (DEFAULT_LR, 256, None, False)
+    assert recipe.head_epochs == 0 and not recipe.freeze_bn and not recipe.adapt and why == []
+
+
+def test_small_data_shrinks_the_batch_scales_the_lr_and_asks_for_a_range_test():
+    recipe, why = Recipe().adapted(train_images=400, pretrained=False)
+
+    assert recipe.batch_size == MIN_BATCH and recipe.lr == pytest.approx(DEFAULT_LR * (MIN_BATCH / 256) ** 0.5)
+    assert recipe.probe_lr and recipe.clip_grad_norm == CLIP_NORM
+    assert any("LR range test" in w for w in why) and any("square-root scaling rule" in w for w in why)
+
+
+def test_an_lr_that_is_given_is_used_as_given_even_on_small_data():
+    recipe, why = Recipe(lr=0.1).adapted(train_images=1_584, pretrained=False)
+
+    assert not recipe.probe_lr and recipe.batch_size == 32 and recipe.lr == pytest.approx(0.1 * (32 / 256) ** 0.5)
+    assert any("from the lr given (no LR range test)" in w for w in why)
+
+
+def test_pretrained_weights_get_head_epochs_a_slower_backbone_and_frozen_statistics_on_small_data():
+    recipe, why = Recipe(epochs=5).adapted(train_images=2_000, pretrained=True)
+
+    assert recipe.head_epochs == 1 and recipe.backbone_lr_scale == 0.1 and recipe.freeze_bn
+    assert any(w.startswith("transfer learning: 1 head-only epoch") for w in why)
+    scratch, _ = Recipe(epochs=5).adapted(train_images=2_000, pretrained=False)
+    assert scratch.head_epochs == 0 and scratch.backbone_lr_scale == 1.0 and not scratch.freeze_bn
+    # Baselines cached when frozen statistics were ImageNet's are not reused (a new key); the others keep theirs.
+    assert recipe.cache_fields()["freeze_bn"] == "data statistics" and "freeze_bn" not in scratch.cache_fields()
+
+
+def test_too_few_steps_are_said_before_training():
+    recipe, _ = Recipe(epochs=2).adapted(train_images=400, pretrained=False)  # 2 × 25 steps
+
+    assert "only 50 optimizer steps" in recipe.too_short(train_images=400, pretrained=False)
+    assert Recipe(epochs=25).too_short(train_images=48_000, pretrained=False) == ""
+
+
+class _Immovable(nn.Module):
+    """A network whose loss no step can change (its one parameter is multiplied by zero)."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+        self.register_buffer("logits", torch.linspace(-1, 1, classes))
+        self.fc = nn.Linear(1, classes)  # the "head" the optimizer groups look for
+        self.fc.weight.requires_grad_(False)
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], -1) + 0 * self.w + 0 * self.fc.bias
+
+
+def test_an_lr_range_test_that_finds_no_falling_loss_keeps_the_recipes_lr():
+    data = digits()
+    recipe, _ = Recipe(epochs=3).adapted(train_images=int(data.train_x.shape[0]), pretrained=False)
+    warnings: list[str] = []
+
+    settled = resolve_lr(_Immovable(len(data.classes)), data, recipe, device="cpu", seed=0, warn=warnings.append)
+
+    assert settled.lr == recipe.lr and not settled.probe_lr
+    assert len(warnings) == 1 and warnings[0].startswith("LR range test inconclusive")
+
+
+def test_an_lr_range_test_on_a_small_cnn_picks_a_higher_lr_than_the_linear_rule():
+    from tests.fixtures.tiny_net import TinyNet
+
+    data = digits()
+    recipe, _ = Recipe(epochs=3).adapted(train_images=int(data.train_x.shape[0]), pretrained=False)
+    torch.manual_seed(0)
+    warnings: list[str] = []
+
+    settled = resolve_lr(TinyNet(num_classes=10), data, recipe, device="cpu", seed=0, warn=warnings.append)
+
+    assert recipe.lr / PROBE_DIVISOR <= settled.lr <= 4.0 / PROBE_DIVISOR and settled.lr != recipe.lr
+    assert warnings == [f"LR range test: peak LR {settled.lr:g} (the recipe's {recipe.lr:g} before the test)"]
+
+
+def test_recovery_learns_at_half_the_baselines_peak_lr_per_image():
+    base = {"lr": 0.1, "batch_size": 32, "epochs": 3, "probe_lr": False}
+
+    finetune = Finetune().with_baseline_lr(base)
+    assert finetune.lr == pytest.approx(0.5 * 0.1 * (256 / 32) ** 0.5, rel=1e-3)
+    assert finetune.recipe().adapted(train_images=1_584, pretrained=False)[0].lr == pytest.approx(0.05, rel=1e-3)
+    assert Finetune(lr=0.07).with_baseline_lr(base).lr == 0.07  # the user's --finetune-lr wins
+    for unknown in ({}, {**base, "epochs": 0}, {**base, "probe_lr": True}):  # untrained, or a pre-probe record
+        assert Finetune().with_baseline_lr(unknown).lr is None
+    assert Finetune().recipe().adapted(train_images=48_000, pretrained=False,
+                                       default_lr=RECOVERY_LR)[0].lr == RECOVERY_LR
+    assert Finetune().with_baseline_lr({"lr": DEFAULT_LR, "batch_size": 256, "epochs": 25}).lr == RECOVERY_LR
+
+
+def test_recovery_distils_from_the_baseline_only_on_data_large_enough_to_teach():
+    from compress.recipe import SMALL_DATA
+
+    assert Finetune().distils(48_000) and not Finetune().distils(SMALL_DATA - 1)
+    assert Finetune(distill=True).distils(400) and not Finetune(distill=False).distils(48_000)
