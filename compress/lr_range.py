@@ -35,9 +35,9 @@ def resolve_lr(model: "nn.Module", data: "Dataset", recipe: Recipe, *, device: s
     at which the loss fell: from scratch on a few hundred images, 48 noisy steps barely move it (MobileNetV2 on 400
     Fashion-MNIST images picked 3e-5 and stayed at chance; the recipe's 0.1 reached 77%). The recipe's LR, scaled
     with the batch, is then kept and the warning says so."""
-    if not recipe.probe_lr:
-        return dataclasses.replace(recipe, lr=recipe.lr if recipe.lr is not None else DEFAULT_LR)
     rule = recipe.lr if recipe.lr is not None else DEFAULT_LR
+    if not recipe.probe_lr:
+        return dataclasses.replace(recipe, lr=rule)
     resuming = checkpoint is not None and checkpoint.exists()
     found = _checkpointed_lr(checkpoint) if resuming else None
     if found is None:
