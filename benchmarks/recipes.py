@@ -13,7 +13,7 @@ Data (all offline, real images):
   their test images as the held-out split.
 
     python -m benchmarks.recipes            # the whole matrix (hours on 2 cores: run it on a quiet machine)
-    python -m benchmarks.recipes --quick    # two cells (the fast subset the tests run), about 5 min
+    python -m benchmarks.recipes --quick    # two cells, 2 recovery epochs (the fast subset the tests run), a few min
 
 Writes ``benchmarks/results/recipes{_quick}.{md,json,csv}`` after every cell; a second invocation keeps the finished
 cells found there and runs the others (delete the JSON file to start over).
@@ -38,6 +38,9 @@ QUICK = [("mobilenet_v3_small", "fmnist-5", 32), ("efficientnet_b0", "photos-3",
 # Baseline epochs. photos-3 keeps the issue's `--epochs 3`; fmnist-5 gets the 300 steps the recipe asks for from
 # scratch (20 epochs of 32 at batch 16): at 8 epochs it warned, and rightly (MobileNetV2 stayed at chance).
 EPOCHS = {"fashion-mnist": 3, "photos-3": 3, "fmnist-5": 20}
+# Recovery epochs after pruning and how many of them are quantization-aware: the full matrix's, and the quick
+# subset's (the tests check that its cells learn and complete, not how far recovery gets).
+RECOVERY = {False: (6, 2), True: (2, 1)}
 
 
 def photo_crops(root: Path, per_class: int = 660, crop: int = 96, seed: int = 0) -> Path:
@@ -99,7 +102,8 @@ def run_cell(model: str, data: str, size: int, work: Path, *, quick: bool) -> di
     weights = "imagenet" if model.startswith("efficientnet_lite") else "none"
     overrides = {"model": model, "data": data_path(data, work), "input_size": size, "weights": weights,
                  "prune": {"ratio": 0.3}, "max_drop": 1.0, "allow_chance": True,
-                 "train": {"epochs": EPOCHS[data]}, "finetune": {"epochs": 4 if quick else 6, "quant_aware_epochs": 2}}
+                 "train": {"epochs": EPOCHS[data]},
+                 "finetune": {"epochs": RECOVERY[quick][0], "quant_aware_epochs": RECOVERY[quick][1]}}
     # Accuracy is what this matrix checks; latency is measured briefly (benchmarks/compare_recipes.py times models).
     overrides["measure"] = ({"min_runs": 50, "min_seconds": 0.2, "throughput_seconds": 0.2, "warmup_runs": 5} if quick
                             else {"min_runs": 100, "min_seconds": 0.5, "throughput_seconds": 0.3, "warmup_runs": 10})
@@ -127,7 +131,8 @@ def run_cell(model: str, data: str, size: int, work: Path, *, quick: bool) -> di
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.recipes", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="two cells: the fast subset the tests run (about 5 min)")
+    p.add_argument("--quick", action="store_true",
+                   help="two cells with 2 recovery epochs: the fast subset the tests run (a few min)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     p.add_argument("--cells", nargs="*", metavar="MODEL:DATA:SIZE", help="run only these cells")
     a = p.parse_args(argv)
@@ -158,7 +163,8 @@ def write_matrix(rows: list[dict], env: dict, a: argparse.Namespace) -> None:
           "Each cell: `compress run MODEL --data DATA --input-size SIZE --weights W --prune 0.3 --int8 --max-drop 1` "
           "with the adaptive recipe: EfficientNet-Lite0 fine-tunes its ImageNet weights (`init`), the others train "
           "from scratch (baseline epochs: " + ", ".join(f"{d} {e}" for d, e in EPOCHS.items()) +
-          f"; {4 if a.quick else 6} recovery epochs, the last 2 quantization-aware). `well_above_chance`: baseline "
+          f"; {RECOVERY[a.quick][0]} recovery epochs, the last {RECOVERY[a.quick][1]} quantization-aware). "
+          "`well_above_chance`: baseline "
           "top-1 at least halfway from chance to 100%; `within_budget`: the deployed model within 1 point of the "
           "baseline. `peak_lr`: the baseline's peak LR (the LR range test's pick when it ran and found one); "
           "`recovery_lr`: recovery fine-tuning's (half the baseline's, per image).", "",

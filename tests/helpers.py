@@ -22,6 +22,7 @@ DATA = Path(__file__).resolve().parent / "data"
 REPORT_V1 = DATA / "report_v1.json"  # a real report.json written by compress 0.1 (schema version 1); see test_records
 
 QUICK = MeasureConfig(warmup_runs=3, min_runs=30, min_seconds=0.05, throughput_seconds=0.05)
+QUICK_MEASURE = Path(__file__).resolve().parent / "fixtures" / "quick_measure.yaml"  # about QUICK, for the CLI
 _CACHE: dict = {}
 
 

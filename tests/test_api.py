@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import QUICK_MEASURE
+
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tiny_net.py"
 QUICK = {"min_runs": 20, "min_seconds": 0.05, "throughput_seconds": 0.05, "warmup_runs": 2}
 
@@ -50,7 +52,7 @@ def test_a_file_factory_goes_through_every_stage_from_the_command_line(tmp_path)
 
     out = tmp_path / "run"
     code = main(["run", f"{FIXTURE}:build", "--data", "digits", "--epochs", "6", "--prune", "0.5", "--int8",
-                 "--finetune-epochs", "2", "--out", str(out), "--quiet"])
+                 "--finetune-epochs", "2", "--config", str(QUICK_MEASURE), "--out", str(out), "--quiet"])
 
     assert code == 0
     _assert_complete(out, RunReport.load(out))

@@ -17,6 +17,7 @@ from compress.config import dump_yaml, resolve
 from compress.records import SCHEMA_VERSION, RunReport
 from compress.render import carbon_break_even
 from tests.conftest import SMOKE
+from tests.helpers import QUICK_MEASURE
 
 METRICS = ["top1_pct", "size_bytes", "params", "macs", "latency_ms_median", "latency_ms_p90", "throughput_ips",
            "energy_per_inference_j", "energy_method"]
@@ -126,7 +127,8 @@ def test_efficientnet_on_a_folder_of_photos(tmp_path):
     # depending on the thread count (float sums in another order), and a model near chance must not stop it.
     # benchmarks/recipes.py measures learning on folders (its quick cells run in test_benchmarks.py).
     rc = main(["run", "efficientnet_b0", "--prune", "0.3", "--data", str(tmp_path / "photos"), "--epochs", "2",
-               "--finetune-epochs", "1", "--int8", "--allow-chance", "--out", str(out), "--quiet"])
+               "--finetune-epochs", "1", "--int8", "--allow-chance", "--config", str(QUICK_MEASURE), "--out", str(out),
+               "--quiet"])
 
     assert rc == 0
     report = RunReport.load(out)
