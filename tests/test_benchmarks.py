@@ -75,3 +75,20 @@ def test_recipe_matrix_quick_cells_learn_without_diverging(tmp_path):
         assert r["deployed_step"] in ("export", "quantize") and r["train_images"] > 0, r
     assert rows[1]["baseline_top1_pct"] >= 85.0, rows[1]
     assert "| mobilenet_v3_small | fmnist-5 |" in (tmp_path / "recipes_quick.md").read_text()
+
+
+def test_headline_targets_are_judged_from_the_runs_own_records(smoke_run):
+    """benchmarks/headline.py (the realistic job, about 50 min) judges issue #10's targets from two run reports;
+    here both are the smoke run, so nothing beats itself and no wall time is known."""
+    from benchmarks.headline import load_run, targets
+
+    report = load_run(smoke_run)
+    rows = targets(report, report, None)
+
+    assert [r["goal"] for r in rows] == ["≥ 94.0%", "≥ +2.0 pt", "within 1.0 pt", "≥ 1.5×", "≤ 30 min"]
+    by_goal = {r["goal"]: r for r in rows}
+    assert by_goal["≥ +2.0 pt"]["measured"].startswith("+0.00 pt") and not by_goal["≥ +2.0 pt"]["met"]
+    assert by_goal["≤ 30 min"]["measured"].startswith("n/a") and not by_goal["≤ 30 min"]["met"]
+    assert by_goal["≥ 94.0%"]["met"] == (report.baseline.metrics.top1_pct >= 94.0)
+    speed = report.step("quantize").notes["speed_check"]  # the smoke run quantizes: its own speed check is quoted
+    assert f"{speed['speedup']:.2f}×" in by_goal["≥ 1.5×"]["measured"]

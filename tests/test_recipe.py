@@ -36,13 +36,18 @@ def test_an_lr_that_is_given_is_used_as_given_even_on_small_data():
     assert any("from the lr given (no LR range test)" in w for w in why)
 
 
-def test_pretrained_weights_get_head_epochs_a_slower_backbone_and_frozen_statistics_on_small_data():
+def test_pretrained_weights_get_head_epochs_and_on_small_data_a_slower_backbone_and_frozen_statistics():
     recipe, why = Recipe(epochs=5).adapted(train_images=2_000, pretrained=True)
 
     assert recipe.head_epochs == 1 and recipe.backbone_lr_scale == 0.1 and recipe.freeze_bn
     assert any(w.startswith("transfer learning: 1 head-only epoch") for w in why)
     scratch, _ = Recipe(epochs=5).adapted(train_images=2_000, pretrained=False)
     assert scratch.head_epochs == 0 and scratch.backbone_lr_scale == 1.0 and not scratch.freeze_bn
+    large, why = Recipe(epochs=5).adapted(train_images=60_000, pretrained=True)  # enough data to move the features
+    assert large.backbone_lr_scale == 1.0 and large.head_epochs == 1 and not large.freeze_bn
+    assert any("60,000 images are enough to adapt the pretrained features" in w for w in why)
+    given, _ = Recipe(epochs=5, backbone_lr_scale=0.3).adapted(train_images=60_000, pretrained=True)
+    assert given.backbone_lr_scale == 0.3
     # Baselines cached when frozen statistics were ImageNet's are not reused (a new key); the others keep theirs.
     assert recipe.cache_fields()["freeze_bn"] == "data statistics" and "freeze_bn" not in scratch.cache_fields()
 
