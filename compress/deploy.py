@@ -25,6 +25,8 @@ from compress.measure import compare_speed, onnx_call
 from compress.records import RunReport, StepReport, chance_pct
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from compress.config import RunConfig
 
 # "Near chance": within a tenth of the way from always answering the most common class to a perfect score.
@@ -73,11 +75,7 @@ def speed_check(report: RunReport, cfg: "RunConfig", ctx: Context) -> None:
                                      f"cannot be measured on this {host_arch()} machine; measure it on the device "
                                      "(edge_demo/pi/runner.py --bench)")
         return
-    x = ctx.data.normalize(ctx.data.test_x[:1]).numpy()
-    rounds = 10
-    result = compare_speed(onnx_call(ctx.run_dir / fp32.artifact, x, ctx.threads),
-                           onnx_call(ctx.run_dir / int8.artifact, x, ctx.threads),
-                           rounds=rounds, runs_per_round=max(10, q.speed_check_runs // rounds))
+    result = _timed_in_turns(ctx.run_dir / fp32.artifact, ctx.run_dir / int8.artifact, ctx, q.speed_check_runs)
     int8.notes["speed_check"] = {**dataclasses.asdict(result), "verdict": result.verdict, "threads": ctx.threads,
                                  "batch": 1, "reference": "export (FP32 ONNX)"}
     if result.verdict != "slower":
@@ -95,6 +93,32 @@ def speed_check(report: RunReport, cfg: "RunConfig", ctx: Context) -> None:
         message = f"{what}; it ships anyway (model_fp32.onnx is in the bundle): try {tips}"
     int8.warnings.append(message)
     ctx.warn(int8.step, message)
+
+
+def _timed_in_turns(reference: "Path", candidate: "Path", ctx: Context, runs: int):
+    """Two ONNX models timed at batch 1 in 10 interleaved rounds (:func:`compress.measure.compare_speed`)."""
+    x = ctx.data.normalize(ctx.data.test_x[:1]).numpy()
+    rounds = 10
+    return compare_speed(onnx_call(reference, x, ctx.threads), onnx_call(candidate, x, ctx.threads),
+                         rounds=rounds, runs_per_round=max(10, runs // rounds))
+
+
+def speed_against_reference(report: RunReport, cfg: "RunConfig", ctx: Context, reference: "Path") -> None:
+    """Time the deployed ONNX model against the baseline's FP32 ONNX export (``reference``) in interleaved rounds
+    and record it on the deployed step (``notes.speed_vs_reference``): the headline's ratio. The two models' own
+    latency measurements are minutes apart, and load in between moves their ratio (the same reference measured
+    0.60 ms in one run of a job and 0.81 ms in the next); interleaved rounds share the load."""
+    final = report.deployed()
+    q = cfg.quantize
+    runs = q.speed_check_runs if q is not None else 100
+    if final.kind != "onnx" or not reference.is_file() or runs == 0:
+        return
+    if q is not None and final.step == "quantize" and q.target not in ("host", host_arch()):
+        return  # built for another CPU: its speed here says nothing (speed_check says so)
+    result = _timed_in_turns(reference, ctx.run_dir / final.artifact, ctx, runs)
+    final.notes["speed_vs_reference"] = {**dataclasses.asdict(result), "verdict": result.verdict,
+                                         "threads": ctx.threads, "batch": 1,
+                                         "reference": "the baseline's FP32 ONNX export"}
 
 
 def choose(report: RunReport, cfg: "RunConfig", ctx: Context) -> Decision:

@@ -24,7 +24,8 @@ from compress.errors import CompressError
 from compress.records import RunReport, chance_pct
 from compress.render import (COLUMNS, ENERGY_BATCH_HEADERS, MIXED_HEADERS, REFERENCE_NAMES, carbon_break_even, cell,
                              energy_batch_rows, energy_method_text, fmt_co2, headline, method_kind, mixed_precision,
-                             ratio, ratio_note, ratio_text, reference_rows, step_cells, step_label, tone, work_time)
+                             ratio, ratio_note, ratio_text, reference_rows, step_cells, step_label, timed_text, tone,
+                             work_time)
 
 FIGURE_NAMES = ("accuracy_latency", "size_macs_latency", "energy_co2", "carbon_break_even", "confusion_final",
                 "class_change")
@@ -189,9 +190,14 @@ def cards(report: RunReport) -> list[dict]:
             if col.key == "latency_ms_median":
                 card["value"] = value.split(" / ")[0] + " ms"
             v = getattr(final.metrics, col.key)
-            if onnx is not None:
+            timed = final.notes.get("speed_vs_reference") if col.key == "latency_ms_median" else None
+            if onnx is not None and isinstance(timed, dict):  # timed in turns with the reference, as the headline
+                card.update(sub=f"{timed_text(timed, col)} vs {REFERENCE_NAMES['baseline_onnx']}",
+                            tone=tone(timed["speedup"]))
+            elif onnx is not None:
                 r = ratio(v, getattr(onnx, col.key), col)
-                card.update(sub=f"{ratio_text(r, col)} vs {REFERENCE_NAMES['baseline_onnx']}" if r else "", tone=tone(r))
+                card.update(sub=f"{ratio_text(r, col)} vs {REFERENCE_NAMES['baseline_onnx']}" if r else "",
+                            tone=tone(r))
             if final is not base:
                 r = ratio(v, getattr(base.metrics, col.key), col)
                 card.update(sub2=f"{ratio_text(r, col)} vs {REFERENCE_NAMES['baseline_eager']}" if r else "",

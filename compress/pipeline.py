@@ -95,6 +95,7 @@ def run(cfg: "RunConfig", run_dir: Path, *, progress: Any = None, chain: list | 
                     _measure_reference(cfg, ctx, report)
                 ckpt.atomic_write(run_dir / PROGRESS, lambda p: p.write_text(report.to_json()))
             decision = deploy.choose(report, cfg, ctx)
+            deploy.speed_against_reference(report, cfg, ctx, ctx.artifact(REFERENCE, "model.onnx"))
             report.energy_by_batch = _energy_by_batch(report, ctx)
             write_bundle(report, ctx, run_dir / "edge", web=cfg.web, reason=decision.reason,
                          target=cfg.quantize.target if cfg.quantize else None,

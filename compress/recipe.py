@@ -165,12 +165,14 @@ class Distill:
 def optimizer(model, recipe: Recipe, head: list):
     """SGD + Nesterov (or AdamW). No weight decay on BN and biases: standard for MobileNets, and it keeps BN
     scales meaningful for pruning. With ``backbone_lr_scale`` < 1 the head's parameters get their own groups
-    at the full LR (layer-wise learning rates)."""
+    at the full LR (layer-wise learning rates). A recipe not adapted to a job (None) keeps the small-data scale,
+    the default before the scale followed the data size."""
     import torch
 
-    head_ids = {id(p) for p in head} if recipe.backbone_lr_scale < 1 else set()
+    backbone = recipe.backbone_lr_scale if recipe.backbone_lr_scale is not None else SMALL_DATA_BACKBONE_LR_SCALE
+    head_ids = {id(p) for p in head} if backbone < 1 else set()
     groups = []
-    for part, scale in (("backbone", recipe.backbone_lr_scale if head_ids else 1.0), ("head", 1.0)):
+    for part, scale in (("backbone", backbone if head_ids else 1.0), ("head", 1.0)):
         params = [p for p in model.parameters() if (id(p) in head_ids) == (part == "head")]
         if not params:
             continue

@@ -15,7 +15,7 @@ import torch
 
 from compress.config import resolve
 from compress.core import Context, OnnxModel
-from compress.deploy import choose, deployed_model, near_chance
+from compress.deploy import choose, deployed_model, near_chance, speed_against_reference
 from compress.errors import CompressError
 from compress.measure import compare_speed, onnx_call
 from compress.models import create_model
@@ -156,6 +156,30 @@ def slow_int8_run(small_run, tmp_path_factory) -> tuple[RunReport, Context]:
                       dynamo=False, opset_version=17, input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     return report, dataclasses.replace(ctx, run_dir=folder)
+
+
+def test_the_headline_ratio_is_timed_in_turns_with_the_reference(slow_int8_run):
+    """The deployed model against the baseline's FP32 export, interleaved: here a ~20× larger model deployed (INT8
+    slower, shipped with a warning), so the ratio must say slower on any CPU, and the headline quotes it."""
+    from compress.render import headline
+
+    report, ctx = reloaded(slow_int8_run[0]), fresh_context(slow_int8_run[1])
+    report.references["baseline_onnx"] = report.step("export").metrics  # the headline's reference, as measured
+    cfg = _cfg(quantize={"if_slower": "warn"})
+    choose(report, cfg, ctx)
+
+    speed_against_reference(report, cfg, ctx, ctx.run_dir / "export" / "model.onnx")
+
+    timed = report.deployed().notes["speed_vs_reference"]
+    assert report.deployed().step == "quantize" and timed["reference"] == "the baseline's FP32 ONNX export"
+    assert timed["speedup_low"] <= timed["speedup"] <= timed["speedup_high"] < 1 and timed["verdict"] == "slower"
+    assert timed["runs"] == SPEED_RUNS and timed["threads"] == ctx.threads
+    assert (f"{1 / timed['speedup']:.2f}× slower at batch 1 (95% interval {1 / timed['speedup_high']:.2f}–"
+            f"{1 / timed['speedup_low']:.2f}×, timed in turns) than the baseline's FP32 ONNX export"
+            ) in headline(report)
+    report.step("export").deployed, report.step("quantize").deployed = True, False  # no reference file: no record
+    speed_against_reference(report, cfg, ctx, ctx.run_dir / "missing.onnx")
+    assert "speed_vs_reference" not in report.step("export").notes
 
 
 @pytest.mark.parametrize("if_slower", ["warn", "fallback"])

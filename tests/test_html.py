@@ -26,7 +26,7 @@ from compress import plots
 from compress.errors import CompressError
 from compress.html import FIGURE_NAMES, class_labels, write_html
 from compress.records import RunReport
-from compress.render import REFERENCE_NAMES, carbon_break_even, fmt_bytes
+from compress.render import COLUMNS, REFERENCE_NAMES, carbon_break_even, fmt_bytes, timed_text
 from tests.helpers import reloaded, report_v1
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +117,8 @@ def test_report_html_shows_the_numbers_of_report_json(report, rendered):
     text = unescape(html)
     assert f"{onnx.size_bytes / m.size_bytes:.2f}× smaller vs {REFERENCE_NAMES['baseline_onnx']}" in text
     assert f"{base.size_bytes / m.size_bytes:.2f}× smaller vs {REFERENCE_NAMES['baseline_eager']}" in text
+    latency = next(c for c in COLUMNS if c.key == "latency_ms_median")  # its card: timed in turns with the reference
+    assert f"{timed_text(final.notes['speed_vs_reference'], latency)} vs {REFERENCE_NAMES['baseline_onnx']}" in text
     assert escape(m.energy_method) in html
     # against the FP32 ONNX export, INT8 pays back only where it runs cheaper per inference: it depends on the CPU
     be = carbon_break_even(report)["break_even_inferences"]

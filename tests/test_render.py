@@ -107,6 +107,13 @@ def test_headline_names_the_deployed_step_and_both_references(report):
                     "in PyTorch eager.")
 
 
+def test_headline_quotes_the_ratio_timed_in_turns_when_there_is_one(report):
+    report.step("quantize").notes["speed_vs_reference"] = {"speedup": 2.0, "speedup_low": 1.8, "speedup_high": 2.25}
+
+    assert ("× smaller and 2.00× faster at batch 1 (95% interval 1.80–2.25×, timed in turns) than the baseline's "
+            "FP32 ONNX export;") in headline(report)
+
+
 def test_headline_says_when_int8_was_made_but_not_deployed(report):
     report.step("quantize").deployed, report.step("quantize").fallback = False, True
     report.step("export").deployed = True
