@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from benchmarks._common import RESULTS, env_markdown, environment, finish_environment, md_table, write_results
+from compress.records import RunReport
 
 MODEL = "efficientnet_lite0"
 MEASURE = {"min_runs": 100, "min_seconds": 0.5, "throughput_seconds": 0.3, "warmup_runs": 10}
@@ -43,12 +44,6 @@ def run_job(out: Path, *, size: int, epochs: int, transfer: bool, finetune_epoch
     start = time.monotonic()
     report = run(resolve(overrides=overrides), out)
     return report, time.monotonic() - start
-
-
-def load_run(run_dir: Path):
-    from compress.records import RunReport
-
-    return RunReport.load(run_dir)
 
 
 def targets(transfer, scratch, transfer_wall_s: float | None) -> list[dict]:
@@ -102,13 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as cache:
         os.environ["COMPRESS_CACHE"] = cache  # cold: no baseline from an earlier run
         if a.transfer_run:
-            transfer, wall = load_run(a.transfer_run), a.transfer_wall_s
+            transfer, wall = RunReport.load(a.transfer_run), a.transfer_wall_s
         else:
             transfer, wall = run_job(work / "transfer", size=a.input_size, epochs=a.epochs, transfer=True,
                                      finetune_epochs=a.finetune_epochs)
         recipe = transfer.baseline.notes.get("recipe", {})
         if a.scratch_run:
-            scratch = load_run(a.scratch_run)
+            scratch = RunReport.load(a.scratch_run)
         else:
             scratch, _ = run_job(work / "scratch", size=transfer.config["input_size"],
                                  epochs=recipe.get("epochs", a.epochs), transfer=False, finetune_epochs=0)

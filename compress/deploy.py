@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from compress.core import Context, OnnxModel
 from compress.errors import CompressError
 from compress.host import host_arch
-from compress.measure import compare_speed, onnx_call
+from compress.measure import SPEED_CHECK_RUNS, compare_speed, onnx_call
 from compress.records import RunReport, StepReport, chance_pct
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def speed_against_reference(report: RunReport, cfg: "RunConfig", ctx: Context, r
     0.60 ms in one run of a job and 0.81 ms in the next); interleaved rounds share the load."""
     final = report.deployed()
     q = cfg.quantize
-    runs = q.speed_check_runs if q is not None else 100
+    runs = q.speed_check_runs if q is not None else SPEED_CHECK_RUNS
     if final.kind != "onnx" or not reference.is_file() or runs == 0:
         return
     if q is not None and final.step == "quantize" and q.target not in ("host", host_arch()):

@@ -183,6 +183,7 @@ def interleaved(fns: dict[Any, Callable[[], Any]], *, runs: int, block: int = 5,
 
 
 SAME_WITHIN = 0.10  # speed-ups within ±10% count as the same speed (see SpeedComparison.verdict)
+SPEED_CHECK_RUNS = 200  # batch-1 runs of each model when two are timed in turns for a decision or a headline
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from compress.calibration import HELD_OUT_IMAGES, calibration_images, calibratio
 from compress.core import OnnxModel, check_onnx
 from compress.errors import CompressError
 from compress.host import host_arch
+from compress.measure import SPEED_CHECK_RUNS
 from compress.ort_output import quantizer_output_to_log
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ class Quantize:
     activation_type: str = "auto"  # auto (the target's) | uint8 | int8
     kernel_rewrites: bool = True  # graph rewrites that keep ORT on its fast INT8 kernels (compress.rewrites)
     if_slower: str = "warn"  # warn | fallback: what the deploy step does when INT8 runs slower than FP32 here
-    speed_check_runs: int = 200  # batch-1 runs of each model in the deploy step's speed check; 0 skips it
+    speed_check_runs: int = SPEED_CHECK_RUNS  # batch-1 runs of each model in the deploy step's speed check; 0 skips
     # INT8's top-1 budget against its FP32 input on held-out training images: the most harmful nodes stay FP32
     # until it holds (compress.mixed). None: plain INT8. The pipeline sets it from --max-drop.
     max_drop_pt: float | None = None

@@ -80,9 +80,10 @@ def test_recipe_matrix_quick_cells_learn_without_diverging(tmp_path):
 def test_headline_targets_are_judged_from_the_runs_own_records(smoke_run):
     """benchmarks/headline.py (the realistic job, about 50 min) judges issue #10's targets from two run reports;
     here both are the smoke run, so nothing beats itself and no wall time is known."""
-    from benchmarks.headline import load_run, targets
+    from benchmarks.headline import targets
+    from compress.records import RunReport
 
-    report = load_run(smoke_run)
+    report = RunReport.load(smoke_run)
     rows = targets(report, report, None)
 
     assert [r["goal"] for r in rows] == ["≥ 94.0%", "≥ +2.0 pt", "within 1.0 pt", "≥ 1.5×", "≤ 30 min"]
