@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         ["accuracy", *common, *([str(a.main_run.resolve())] if a.main_run else [])],
         ["sweep", *common, *(["--finetune-epochs", str(a.finetune_epochs)] if a.finetune_epochs else [])],
         ["input_size", *common, *(["--run", str(a.main_run.resolve())] if a.main_run else [])],
+        ["train_step", *common],
     ]
     start, failed = time.perf_counter(), []
     for job in jobs:

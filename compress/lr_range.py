@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 from compress import checkpoint as ckpt
 from compress import distributed
+from compress.depthwise_grad import fast_small_input_depthwise
 from compress.errors import CompressError
 from compress.heads import head_params
 from compress.recipe import DEFAULT_LR, Recipe, optimizer
@@ -61,26 +62,27 @@ def probe_lr(model: "nn.Module", data: "Dataset", recipe: Recipe, *, device: str
     gen = torch.Generator().manual_seed(seed + 7)
     n = data.train_x.shape[0]
     best, best_lr, avg = math.inf, recipe.lr, 0.0
-    for i in range(steps):
-        lr = low * (high / low) ** (i / (steps - 1))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        idx = torch.randint(0, n, (min(recipe.batch_size, n),), generator=gen)
-        x = data.normalize(data.train_x[idx]).to(device).contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(probe(x), data.train_y[idx].to(device), label_smoothing=recipe.label_smoothing)
-        if not torch.isfinite(loss):
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if recipe.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(probe.parameters(), recipe.clip_grad_norm)
-        opt.step()
-        avg = 0.8 * avg + 0.2 * loss.item()
-        smooth = avg / (1 - 0.8 ** (i + 1))
-        if smooth < best:
-            best, best_lr = smooth, lr
-        elif smooth > 4 * best:
-            break
+    with fast_small_input_depthwise(probe):
+        for i in range(steps):
+            lr = low * (high / low) ** (i / (steps - 1))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            idx = torch.randint(0, n, (min(recipe.batch_size, n),), generator=gen)
+            x = data.normalize(data.train_x[idx]).to(device).contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(probe(x), data.train_y[idx].to(device), label_smoothing=recipe.label_smoothing)
+            if not torch.isfinite(loss):
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if recipe.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(probe.parameters(), recipe.clip_grad_norm)
+            opt.step()
+            avg = 0.8 * avg + 0.2 * loss.item()
+            smooth = avg / (1 - 0.8 ** (i + 1))
+            if smooth < best:
+                best, best_lr = smooth, lr
+            elif smooth > 4 * best:
+                break
     return best_lr / PROBE_DIVISOR
 
 

@@ -6,7 +6,9 @@ from the literature, and says which it applied:
 
 * **Enough steps per epoch.** The batch shrinks (powers of two, down to 16) until an epoch has at least
   :data:`MIN_STEPS_PER_EPOCH` optimizer steps: 1,800 photos at batch 256 give 7 steps an epoch, too few for a
-  one-cycle schedule to warm up and anneal.
+  one-cycle schedule to warm up and anneal. 64, not 32: EfficientNet-B0 from scratch on 1,584 colour photos in 3
+  classes at 64 px, 3 epochs, seeds 0/1/2: at least 32 steps (batch 32) gave 84.1/95.7/86.9% top-1, at least 64
+  (batch 16) 99.2/99.2/100%.
 * **Square-root LR scaling** with the batch (Krizhevsky 2014, "One weird trick"; Hoffer et al. 2017, "Train
   longer, generalize better"): when the batch shrinks, the peak LR shrinks with the square root of the ratio
   (``lr`` is the peak for ``batch_size``). The linear rule (Goyal et al. 2017) is for growing batches; shrinking
@@ -38,7 +40,7 @@ from compress.errors import CompressError
 
 SCHEDULES = ("onecycle", "cosine", "step")
 OPTIMIZERS = ("sgd", "adamw")
-MIN_STEPS_PER_EPOCH = 32
+MIN_STEPS_PER_EPOCH = 64
 MIN_BATCH = 16
 SMALL_DATA = 10_000  # training images below which the small-data rules apply
 CLIP_NORM = 2.0  # gradient-norm clip for small data and fine-tuning (a no-op for well-behaved steps)

@@ -19,7 +19,7 @@ def test_run_all_quick_writes_every_table_and_plot(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--quick", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=1200, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for name in ("compare_recipes", "accuracy", "sweep", "input_size"):
+    for name in ("compare_recipes", "accuracy", "sweep", "input_size", "train_step"):
         for ext in ("md", "csv", "json"):
             assert (tmp_path / f"{name}_quick.{ext}").stat().st_size > 0, f"{name}_quick.{ext}"
         md = (tmp_path / f"{name}_quick.md").read_text()
@@ -27,6 +27,10 @@ def test_run_all_quick_writes_every_table_and_plot(tmp_path):
         assert "torch-pruning" in md and "Wall time" in md
     for plot in ("sweep_quick_latency.png", "sweep_quick_size.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    step = json.loads((tmp_path / "train_step_quick.json").read_text())["rows"]
+    assert [(r["model"], r["input_px"]) for r in step] == [("mobilenet_v3", 32)]
+    assert step[0]["speedup_vs_onednn"] > 0 and step[0]["max_relative_gradient_gap"] < 1e-4  # same gradients
 
     sizes = json.loads((tmp_path / "input_size_quick.json").read_text())["rows"]
     assert [r["input_px"] for r in sizes] == [32, 64]

@@ -30,7 +30,7 @@ def test_small_data_shrinks_the_batch_scales_the_lr_and_asks_for_a_range_test():
 
 
 def test_an_lr_that_is_given_is_used_as_given_even_on_small_data():
-    recipe, why = Recipe(lr=0.1).adapted(train_images=1_584, pretrained=False)
+    recipe, why = Recipe(lr=0.1).adapted(train_images=3_000, pretrained=False)  # 94 steps at batch 32
 
     assert not recipe.probe_lr and recipe.batch_size == 32 and recipe.lr == pytest.approx(0.1 * (32 / 256) ** 0.5)
     assert any("from the lr given (no LR range test)" in w for w in why)
@@ -103,7 +103,7 @@ def test_recovery_learns_at_half_the_baselines_peak_lr_per_image():
 
     finetune = Finetune().with_baseline_lr(base)
     assert finetune.lr == pytest.approx(0.5 * 0.1 * (256 / 32) ** 0.5, rel=1e-3)
-    assert finetune.recipe().adapted(train_images=1_584, pretrained=False)[0].lr == pytest.approx(0.05, rel=1e-3)
+    assert finetune.recipe().adapted(train_images=3_000, pretrained=False)[0].lr == pytest.approx(0.05, rel=1e-3)
     assert Finetune(lr=0.07).with_baseline_lr(base).lr == 0.07  # the user's --finetune-lr wins
     for unknown in ({}, {**base, "epochs": 0}, {**base, "probe_lr": True}):  # untrained, or a pre-probe record
         assert Finetune().with_baseline_lr(unknown).lr is None
