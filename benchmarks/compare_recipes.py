@@ -92,19 +92,20 @@ def build(name: str, work: Path, *, size: int, calib: int, log) -> dict[str, dic
     return out
 
 
-def runner(v: dict, threads: int):
-    """``infer(x)`` for one variant at ``threads`` threads."""
+def runner(v: dict, threads: int, x):
+    """``infer(x)`` for one variant at ``threads`` threads; eager PyTorch at its faster layout for ``x`` (NCHW or
+    ``channels_last``, chosen as every compress run chooses it)."""
     import torch
 
     from compress.core import session
+    from compress.measure import _torch_runner
 
     if v["kind"] == "torch":
-        model = v["model"]
+        best, _ = _torch_runner(v["model"], threads, x)
 
         def infer(x):
             torch.set_num_threads(threads)
-            with torch.inference_mode():
-                return model(torch.from_numpy(x))
+            return best(x)
         return infer
     sess = session(Path(v["model"]), threads)
     name = sess.get_inputs()[0].name
@@ -133,7 +134,7 @@ def measure(variants: dict[str, dict], *, size: int, runs: int, tput_seconds: fl
             params, macs = onnx_params_macs(v["model"], size)
             rows[k] = {"size_bytes": Path(v["model"]).stat().st_size, "params": params, "macs": macs}
     for threads in sorted({1, all_threads}):
-        fns = {k: runner(v, threads) for k, v in variants.items()}
+        fns = {k: runner(v, threads, x1) for k, v in variants.items()}
         times = interleaved({k: (lambda f=f: f(x1)) for k, f in fns.items()}, runs=runs, max_seconds=max_seconds)
         for k, t in times.items():
             rows[k][f"latency_ms_median_{threads}t"] = ms(t, 0.5)
