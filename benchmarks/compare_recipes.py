@@ -98,10 +98,10 @@ def runner(v: dict, threads: int, x):
     import torch
 
     from compress.core import session
-    from compress.measure import _torch_runner
+    from compress.measure import torch_runner
 
     if v["kind"] == "torch":
-        best, _ = _torch_runner(v["model"], threads, x)
+        best, _ = torch_runner(v["model"], threads, x)
 
         def infer(x):
             torch.set_num_threads(threads)

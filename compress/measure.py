@@ -70,7 +70,7 @@ def measure(model: "nn.Module | OnnxModel", ctx: "Context", *, step: str) -> Mea
     if isinstance(model, OnnxModel):
         infer, info = onnx_runner(model, cfg.threads)
     else:
-        infer, info = _torch_runner(model, cfg.threads, ctx.data.normalize(ctx.data.test_x[:1]).numpy())
+        infer, info = torch_runner(model, cfg.threads, ctx.data.normalize(ctx.data.test_x[:1]).numpy())
     try:
         confusion = _confusion(infer, ctx, cfg.eval_batch)
         times, energy = latency_loop(infer, ctx.data.normalize(ctx.data.test_x[:1]).numpy(), cfg, ctx.meter,
@@ -105,7 +105,7 @@ def energy_by_batch(model: "nn.Module | OnnxModel", ctx: "Context", *, step: str
     if isinstance(model, OnnxModel):
         infer, info = onnx_runner(model, cfg.threads)
     else:
-        infer, info = _torch_runner(model, cfg.threads, one)
+        infer, info = torch_runner(model, cfg.threads, one)
     out = {}
     try:
         for b in batches:
@@ -253,7 +253,7 @@ def throughput(infer: Callable, x: "np.ndarray", cfg: MeasureConfig) -> float:
     return n * len(x) / (time.perf_counter() - start)
 
 
-def _torch_runner(model: "nn.Module", threads: int, x: "np.ndarray"):
+def torch_runner(model: "nn.Module", threads: int, x: "np.ndarray"):
     """Eager PyTorch at its best on this CPU: NCHW or channels_last, whichever runs ``x`` faster (timed
     interleaved), with the thread count pinned. The model itself is never changed: channels_last runs a copy."""
     import copy
