@@ -25,20 +25,33 @@ def weight_grad(grad_out: "torch.Tensor", x: "torch.Tensor", kernel: tuple[int, 
                 padding: tuple[int, int]) -> "torch.Tensor":
     """The weight gradient of a depthwise (``groups == channels``, dilation 1) convolution, one kernel tap at a time.
 
-    ``grad_w[c, 0, i, j] = Σ_{n,h,w} grad_out[n, c, h, w] · x_padded[n, c, h·s + i, w·s + j]``.
+    ``grad_w[c, 0, i, j] = Σ_{n,h,w} grad_out[n, c, h, w] · x_padded[n, c, h·s + i, w·s + j]``, where each tap
+    sums only over the outputs whose input lies inside the image (the padding is zeros): on a 1×1 input a 5×5
+    kernel has one such tap, on 2×2 nine, each over fewer outputs, so nothing is padded or multiplied by zero.
     """
     import torch
-    import torch.nn.functional as F
 
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     ho, wo = grad_out.shape[-2:]
-    xp = F.pad(x, (pw, pw, ph, ph))
-    grad = torch.empty(x.shape[1], 1, kh, kw, dtype=grad_out.dtype, device=grad_out.device)
-    for i in range(kh):
-        for j in range(kw):
-            tap = xp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
-            grad[:, 0, i, j] = (grad_out * tap).sum((0, 2, 3))
+    rows, cols = _taps(x.shape[-2], ho, kh, sh, ph), _taps(x.shape[-1], wo, kw, sw, pw)
+    grad = torch.zeros(x.shape[1], 1, kh, kw, dtype=grad_out.dtype, device=grad_out.device)
+    for i, r in rows:
+        for j, c in cols:
+            tap = x[:, :, r.start * sh + i - ph::sh, c.start * sw + j - pw::sw][:, :, :len(r), :len(c)]
+            grad[:, 0, i, j] = (grad_out[:, :, r.start:r.stop, c.start:c.stop] * tap).sum((0, 2, 3))
     return grad
+
+
+def _taps(size_in: int, size_out: int, k: int, stride: int, pad: int) -> list[tuple[int, range]]:
+    """Along one axis, each kernel tap that reaches inside the input, with the outputs for which it does:
+    output ``o`` reads input ``o·stride + tap - pad``."""
+    taps = []
+    for tap in range(k):
+        first = max(0, -((tap - pad) // stride))  # ceil((pad - tap) / stride)
+        last = min(size_out - 1, (size_in - 1 + pad - tap) // stride)
+        if last >= first:
+            taps.append((tap, range(first, last + 1)))
+    return taps
 
 
 @functools.cache

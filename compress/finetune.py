@@ -27,7 +27,7 @@ class Finetune:
     >>> recovered = Finetune(epochs=4)(pruned, ctx)  # doctest: +SKIP
     """
 
-    epochs: int = 12
+    epochs: int = 15
     # Peak LR for batch_size. None: half the baseline's peak LR (the pipeline fills it in from the baseline's record:
     # 0.2 for the default job), the weights being trained already; without a baseline record, RECOVERY_LR.
     lr: float | None = None

@@ -190,8 +190,8 @@ def _litert(cfg: "RunConfig", ctx: Context, report: RunReport):
     """A function the bundle calls with its folder: LiteRT files from the last torch model, gated (compress.litert)."""
     import numpy as np
 
+    from compress.calibration import MIN_CALIBRATION_IMAGES, calibration_images
     from compress.litert import build_litert
-    from compress.quantize import calibration_images
 
     model = ctx.last_torch if ctx.last_torch is not None else resume.last_torch_model(report.steps, cfg, ctx)
     q = cfg.quantize
@@ -200,7 +200,8 @@ def _litert(cfg: "RunConfig", ctx: Context, report: RunReport):
         sess = OnnxModel(ctx.run_dir / report.step("quantize").artifact).session(ctx.threads)
         x = ctx.data.normalize(ctx.data.test_x).numpy()
         predictions = np.argmax(run_onnx(sess, x), axis=1)
-    calib = calibration_images(ctx.data, q.calibration_size if q else 512, ctx.seed)
+    # LiteRT's converter calibrates image by image in Python: the configured size, else 2,048 (not ONNX's default)
+    calib = calibration_images(ctx.data, (q.calibration_size or MIN_CALIBRATION_IMAGES) if q else 512, ctx.seed)
 
     def build(folder: Path) -> dict:
         return build_litert(model, ctx.data, folder, calib=calib, onnx_int8_predictions=predictions,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ def fake_quant_activations(model: "nn.Module") -> tuple["nn.ModuleList", Callabl
     """
     import torch
     import torch.nn as nn
-    from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
+    from torch.ao.quantization import MovingAverageMinMaxObserver
     from torchvision.ops.misc import SqueezeExcitation
 
     plain = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Sigmoid,
@@ -32,7 +33,7 @@ def fake_quant_activations(model: "nn.Module") -> tuple["nn.ModuleList", Callabl
         residual = getattr(module, "use_res_connect", False)  # torchvision's InvertedResidual: x + block(x)
         biased_conv = isinstance(module, nn.Conv2d) and module.bias is not None  # no BN after it
         if isinstance(module, plain) or residual or biased_conv:
-            fq = FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
+            fq = _fake_quantize()(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
                               qscheme=torch.per_tensor_affine)
             rounding.append(fq)
             handles.append(module.register_forward_hook(lambda _m, _i, out, fq=fq: fq(out)))
@@ -44,3 +45,40 @@ def fake_quant_activations(model: "nn.Module") -> tuple["nn.ModuleList", Callabl
         for handle in handles:
             handle.remove()
     return rounding, remove
+
+
+@functools.cache
+def _fake_quantize() -> type:
+    """torch's ``FakeQuantize`` (same observer, ranges and state_dict) with a faster per-tensor rounding: torch's
+    ``fake_quantize_per_tensor_affine`` took 6.9 ms forward and backward on a 256×96×4×4 activation where the same
+    arithmetic in plain tensor ops takes 2.9 ms (Zen 3, 2 threads), and quantization-aware epochs of the main job
+    took 41 s where plain ones took 22 s. Rounds half to even like ORT's QuantizeLinear; the gradient passes
+    straight through inside the range and is zero outside it, as torch's does."""
+    import torch
+    from torch.ao.quantization import FakeQuantize
+
+    class RoundToGrid(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, scale, zero_point, qmin, qmax):  # noqa: ANN001, ANN205 (torch's autograd signature)
+            q = torch.round(x * (1.0 / scale) + zero_point)
+            inside = (q >= qmin) & (q <= qmax)
+            ctx.save_for_backward(inside)
+            return (q.clamp_(qmin, qmax) - zero_point) * scale
+
+        @staticmethod
+        def backward(ctx, grad):  # noqa: ANN001, ANN205
+            (inside,) = ctx.saved_tensors
+            return grad * inside, None, None, None, None
+
+    class FastFakeQuantize(FakeQuantize):
+        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+            if self.is_per_channel or not self.fake_quant_enabled[0]:
+                return super().forward(x)
+            if self.observer_enabled[0]:
+                self.activation_post_process(x.detach())
+                scale, zero_point = self.calculate_qparams()
+                self.scale.copy_(scale.to(self.scale.device))
+                self.zero_point.copy_(zero_point.to(self.zero_point.device))
+            return RoundToGrid.apply(x, self.scale, self.zero_point.to(x.dtype), self.quant_min, self.quant_max)
+
+    return FastFakeQuantize

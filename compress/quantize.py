@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compress.calibration import HELD_OUT_IMAGES, calibration_images, calibration_reader  # noqa: F401 (API too)
+from compress.calibration import (HELD_OUT_IMAGES, calibration_images, calibration_reader,  # noqa: F401 (API too)
+                                  default_calibration_size)
 from compress.core import OnnxModel, check_onnx
 from compress.errors import CompressError
 from compress.host import host_arch
@@ -113,7 +114,7 @@ class Quantize:
     """
 
     calibration: str = "minmax"  # minmax | entropy | percentile (ORT CalibrationMethod)
-    calibration_size: int = 2048  # training images used to calibrate activation ranges
+    calibration_size: int | None = None  # training images that calibrate; None: compress.calibration's default
     per_channel: bool = True  # one scale per output channel: depthwise convs need it
     target: str = "host"  # host | x86_64 | arm64: the CPU the INT8 model is built for (int8_recipe)
     activation_type: str = "auto"  # auto (the target's) | uint8 | int8
@@ -132,7 +133,7 @@ class Quantize:
     def check(self) -> None:
         if self.calibration not in CALIBRATIONS:
             raise CompressError(f"unknown calibration {self.calibration!r}: choose one of {', '.join(CALIBRATIONS)}")
-        if self.calibration_size < 1:
+        if self.calibration_size is not None and self.calibration_size < 1:
             raise CompressError(f"calibration_size must be at least 1, got {self.calibration_size}: INT8 needs "
                                 "training images to calibrate on")
         int8_recipe(self.target, self.activation_type)  # validates both
@@ -153,7 +154,8 @@ class Quantize:
         check_onnx(model.path)
         if ctx.data.train_x.shape[0] == 0:
             raise CompressError("--int8 needs calibration images but the training split is empty: add training images")
-        calib = calibration_images(ctx.data, self.calibration_count(ctx.data.train_x.shape[0]), ctx.seed)
+        calib = calibration_images(ctx.data, self.calibration_count(ctx.data.train_x.shape[0], ctx.data.input_size),
+                                   ctx.seed)
         recipe = int8_recipe(self.target, self.activation_type)
         path = ctx.artifact(self.name, "model.onnx")
         temps = {k: ctx.artifact(self.name, f) for k, f in [("pre", "preprocessed.onnx"), ("plain", "plain.onnx"),
@@ -175,13 +177,14 @@ class Quantize:
                  calibration_images=len(calib), calibration_split="train", **notes)
         return OnnxModel(path, foreign=recipe.target != host_arch())
 
-    def calibration_count(self, train_images: int) -> int:
-        """How many training images calibrate. Under an accuracy budget, a fifth of a small training split (up to
+    def calibration_count(self, train_images: int, input_size: int) -> int:
+        """How many training images calibrate (at most; a smaller split calibrates on all it has). Under an accuracy budget, a fifth of a small training split (up to
         HELD_OUT_IMAGES) stays out, so that mixed precision has images to check INT8 on: on 1,584 photos every image
         calibrated, and EfficientNet-B0's INT8 (72% top-1 against FP32's 100%) could not try it."""
+        size = self.calibration_size or default_calibration_size(input_size)
         if self.max_drop_pt is None:
-            return self.calibration_size
-        return min(self.calibration_size, train_images - min(HELD_OUT_IMAGES, train_images // 5))
+            return size
+        return min(size, train_images - min(HELD_OUT_IMAGES, train_images // 5))
 
     def _off_target(self, recipe: Int8Recipe, ctx: "Context") -> None:
         """Say loudly when the model is built for another CPU than this one: what is measured here misleads."""

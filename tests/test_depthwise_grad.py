@@ -16,7 +16,8 @@ from tests.helpers import digits
 
 
 @pytest.mark.parametrize("size,kernel,stride,bias", [(2, 5, 1, False), (4, 5, 2, True), (1, 3, 1, False),
-                                                      (3, (5, 3), (2, 1), True), (6, 3, 2, False)])
+                                                      (3, (5, 3), (2, 1), True), (6, 3, 2, False),
+                                                      (1, 5, 2, True), (2, 7, 1, False), (3, 7, 3, False)])
 def test_its_gradients_are_torch_autograds_in_double_precision(size, kernel, stride, bias):
     kh, kw = kernel if isinstance(kernel, tuple) else (kernel, kernel)
     conv = torch.nn.Conv2d(6, 6, kernel, stride, padding=(kh // 2, kw // 2), groups=6, bias=bias).double()

@@ -48,6 +48,31 @@ def test_quant_aware_hooks_round_activations_and_leave_no_trace(trained):
     assert torch.equal(after, clean)
 
 
+def test_quant_aware_rounding_is_torchs_fake_quantize_only_faster():
+    from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
+
+    from compress.qat import _fake_quantize
+
+    kw = dict(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
+              qscheme=torch.per_tensor_affine)
+    ours, theirs = _fake_quantize()(**kw), FakeQuantize(**kw)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()  # checkpoints hold the same ranges
+    torch.manual_seed(0)
+    clipped = 0
+    for step in range(3):  # the moving-average ranges move alike
+        x = (torch.randn(8, 16, 5, 5) * (step + 1)).contiguous(memory_format=torch.channels_last).requires_grad_()
+        a, b = ours(x), theirs(x)
+        g = torch.randn_like(a)
+        ga, gb = torch.autograd.grad(a, x, g)[0], torch.autograd.grad(b, x, g)[0]
+        torch.testing.assert_close(ours.scale, theirs.scale)
+        assert torch.equal(ours.zero_point, theirs.zero_point)
+        off = (a - b).abs() > 1e-6  # a tie can round the other way: one step of the grid at most, rarely
+        assert off.float().mean() < 1e-3 and (a - b).abs().max() <= ours.scale.item() * 1.001
+        assert torch.equal(ga, gb)  # straight through inside the range, zero outside
+        clipped += int((gb == 0).sum())
+    assert clipped > 0  # wider inputs fell outside the moving-average range: the mask was exercised
+
+
 def test_bn_recalibration_restores_the_running_statistics(trained):
     data = fmnist_subset()
     model = copy.deepcopy(trained).eval()
