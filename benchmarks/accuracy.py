@@ -96,9 +96,10 @@ def evaluate(run_dir: Path, *, runs: int) -> list[dict]:
     shipped = cfg.quantize or Quantize()  # a run without INT8: the levers start from the default recipe
     variants: list[tuple[str, str, Path | Quantize | None]] = [
         ("fp32", "the run's FP32 ONNX (export step)", fp32_path)]
+    shipped_images = shipped.calibration_count(len(data.train_x), data.input_size)
     if (run_dir / "quantize" / "model.onnx").is_file():
         variants.append(("compress_shipped", f"compress INT8 as shipped by the run ({shipped.calibration}, "
-                         f"{shipped.calibration_count(len(data.train_x), data.input_size)} images)", run_dir / "quantize" / "model.onnx"))
+                         f"{shipped_images} images)", run_dir / "quantize" / "model.onnx"))
     variants.append(("ort_default", "ORT quantize_static defaults (S8S8, per-tensor, MinMax, no pre-process)", None))
     levers = [
         ("no_rewrites", "compress without kernel rewrites", {"kernel_rewrites": False}),
@@ -121,8 +122,7 @@ def evaluate(run_dir: Path, *, runs: int) -> list[dict]:
             with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print their progress
                 if how is None:  # the plain ORT recipe, calibrated on the images compress would use
                     path = ort_default_int8(fp32_path, Path(tmp) / "ort_default.onnx",
-                                            calibration_images(data, shipped.calibration_count(
-                                                len(data.train_x), data.input_size), cfg.seed))
+                                            calibration_images(data, shipped_images, cfg.seed))
                 elif isinstance(how, Quantize):
                     path = how(OnnxModel(fp32_path), dataclasses.replace(ctx, run_dir=Path(tmp) / key)).path
                 else:
