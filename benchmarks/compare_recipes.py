@@ -95,18 +95,11 @@ def build(name: str, work: Path, *, size: int, calib: int, log) -> dict[str, dic
 def runner(v: dict, threads: int, x):
     """``infer(x)`` for one variant at ``threads`` threads; eager PyTorch at its faster layout for ``x`` (NCHW or
     ``channels_last``, chosen as every compress run chooses it)."""
-    import torch
-
     from compress.core import session
     from compress.measure import torch_runner
 
     if v["kind"] == "torch":
-        best, _ = torch_runner(v["model"], threads, x)
-
-        def infer(x):
-            torch.set_num_threads(threads)
-            return best(x)
-        return infer
+        return torch_runner(v["model"], threads, x)[0]  # it pins the thread count itself
     sess = session(Path(v["model"]), threads)
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x})
