@@ -148,6 +148,8 @@ class Recipe:
                    "probe_lr": False}
         if self.freeze_bn:  # frozen at the data's statistics now, at the pretraining's before: a new cache entry
             d["freeze_bn"] = "data statistics"
+        if self.probe_lr:  # the range test picks where the loss diverges now, at its lowest point before
+            d["probe_lr"] = "divergence / 10"
         return {k: v for k, v in d.items() if not (k in neutral and v == neutral[k])}
 
 

@@ -158,7 +158,8 @@ def test_accuracy_budget_deploys_the_most_compressed_step_inside_it(smoke_run, t
     assert manifest["step"] == "quantize" and manifest["precision"] == "int8"
 
     out2 = tmp_path / "tight"  # nothing fits: the most accurate ONNX step is deployed, with a warning
-    assert main(["run", "--config", str(SMOKE), "--out", str(out2), "--quiet", "--max-drop", "0", "--prune", "0.7"]) == 0
+    assert main(["run", "--config", str(SMOKE), "--out", str(out2), "--quiet", "--max-drop", "0", "--prune", "0.7",
+                 "--finetune-epochs", "1"]) == 0
     r2 = RunReport.load(out2)
     m2 = json.loads((out2 / "edge" / "manifest.json").read_text())
     best = max((s for s in r2.steps if s.kind == "onnx" and not s.fallback), key=lambda s: s.metrics.top1_pct)

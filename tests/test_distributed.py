@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import QUICK_MEASURE
+
 ROOT = Path(__file__).resolve().parents[1]
 FIT = ROOT / "tests" / "distributed_fit.py"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -134,7 +136,7 @@ def _worker(root: int, rank: int) -> int | None:
 def test_killed_worker_is_restarted_and_the_run_resumes(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "compress", "run", "tiny_mobilenet_v3", "--data", "digits", "--epochs", "3",
-           "--nproc", "2", "--max-restarts", "1", "--out", str(out)]
+           "--nproc", "2", "--max-restarts", "1", "--config", str(QUICK_MEASURE), "--out", str(out)]
     proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         # execute: once the first epoch's checkpoint is written, SIGKILL rank 1
