@@ -98,7 +98,7 @@ class Baseline:
         warn = functools.partial(ctx.warn, self.name)
         # The LR is settled here, not inside fit, so that the record (and recovery fine-tuning) knows the peak LR.
         recipe = resolve_lr(net, ctx.data, recipe, device=ctx.device, seed=ctx.seed,
-                            checkpoint=ctx.checkpoint(self.name), warn=warn)
+                            checkpoint=ctx.checkpoint(self.name), warn=warn, pretrained=is_pretrained(init))
         trained = fit(net, ctx.data, recipe, seed=ctx.seed, device=ctx.device, on_epoch=ctx.epoch_done,
                       on_batch=ctx.batch_done, checkpoint=ctx.checkpoint(self.name), on_warning=warn)
         if not distributed.is_main():  # distributed (#11): the other ranks trained beside rank 0, which caches it

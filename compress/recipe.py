@@ -25,9 +25,10 @@ from the literature, and says which it applied:
 
 Small data sets also get gradient clipping (a handful of bad batches can blow up a network that has seen little
 data) and an **LR range test** (Smith 2017, "Cyclical Learning Rates"; fastai's ``lr_find``): a few dozen steps
-with an exponentially growing LR on a copy of the model, then the peak LR is a quarter of the one with the lowest
-smoothed loss. On 1,347 digits a two-layer CNN wanted 0.4 and MobileNetV2 diverged there: one constant cannot
-serve both. Divergence that happens anyway is caught and rolled back by :func:`compress.train.fit`.
+with an exponentially growing LR on a copy of the model, then the peak LR is a tenth of the one at which the
+smoothed loss has doubled from its lowest value (:mod:`compress.lr_range`). On 1,347 digits a two-layer CNN
+wanted 0.4 and MobileNetV2 diverged there: one constant cannot serve both. Divergence that happens anyway is
+caught and rolled back by :func:`compress.train.fit`.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class Recipe:
         if self.freeze_bn:  # frozen at the data's statistics now, at the pretraining's before: a new cache entry
             d["freeze_bn"] = "data statistics"
         if self.probe_lr:  # the range test picks where the loss diverges now, at its lowest point before
-            d["probe_lr"] = "divergence / 10"
+            d["probe_lr"] = "divergence / 10 (pretrained / 30)"
         return {k: v for k, v in d.items() if not (k in neutral and v == neutral[k])}
 
 
