@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 # The LR range test's pick: the LR at which the smoothed loss has doubled from its lowest value, divided by 10 (Smith
 # 2018, "A disciplined approach to neural network hyper-parameters": the peak sits a little below where the loss
 # diverges). That point is steady where the lowest point is not. From scratch on 1,584 photos (batch 16), four batch
-# draws each: EfficientNet-B0's lowest smoothed loss came at LRs 0.02-0.42 (the old pick was a quarter of it) and
-# its doubling at 0.82-1.3; MobileNetV2's at 0.001-0.33 and 1.3-1.6; MobileNetV3-small's at 0.14-0.52 and 1.3. One
+# draws each: EfficientNet-B0's lowest smoothed loss came at LRs 0.02-0.34 (the old pick was a quarter of it) and
+# its doubling at 0.82-1.3; MobileNetV2's at 0.001-0.34 and 1.3-1.6; MobileNetV3-small's at 0.14-0.52 and 1.3. One
 # such B0 trained 3 epochs at the old pick 0.053 reached 78.5% top-1 where 0.084 reached 99.2%.
 PROBE_DIVISOR = 10
 # Fine-tuning pretrained weights takes a third of that: the new head tolerates a high LR long after the pretrained
