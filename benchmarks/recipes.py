@@ -144,12 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     work = a.out / "runs" / ("recipes_quick" if a.quick else "recipes")
     done = a.out / f"{'recipes_quick' if a.quick else 'recipes'}.json"
     earlier = json.loads(done.read_text()) if done.is_file() else {"rows": []}
-    rows: list[dict] = [{"cpu": cpu_name(earlier["environment"]), **r} for r in earlier["rows"] if "error" not in r]
+    rows: list[dict] = [{"cpu": cpu_label(earlier["environment"]), **r} for r in earlier["rows"] if "error" not in r]
     finished = {(r["model"], r["data"], r["input_size"]) for r in rows}  # kept from an earlier invocation
     cells = [c for c in cells if (c[0], c[1], int(c[2])) not in finished]
     for m, d, size in cells:  # results are rewritten after every cell: a long matrix can be stopped, read, resumed
         try:
-            rows.append({**run_cell(m, d, int(size), work, quick=a.quick), "cpu": cpu_name(env)})
+            rows.append({**run_cell(m, d, int(size), work, quick=a.quick), "cpu": cpu_label(env)})
         except CompressError as e:
             rows.append({"model": m, "data": d, "input_size": int(size), "error": str(e)[:200],
                          "well_above_chance": False, "within_budget": False})
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(r["well_above_chance"] and r["within_budget"] for r in rows) else 1
 
 
-def cpu_name(env: dict) -> str:
+def cpu_label(env: dict) -> str:
     """The CPU a row ran on: a matrix resumed on another machine keeps each row's own."""
     return f"{env['cpu']} (family {env['cpu_family']} model {env['cpu_model']})"
 

@@ -94,7 +94,8 @@ def test_an_lr_range_test_on_a_small_cnn_picks_a_higher_lr_than_the_linear_rule(
 
     settled = resolve_lr(TinyNet(num_classes=10), data, recipe, device="cpu", seed=0, warn=warnings.append)
 
-    assert 1e-4 / PROBE_DIVISOR < settled.lr <= 4.0 / PROBE_DIVISOR and settled.lr != recipe.lr
+    linear = DEFAULT_LR * recipe.batch_size / 256  # the linear scaling rule's LR for this batch
+    assert linear < settled.lr <= 4.0 / PROBE_DIVISOR and settled.lr != recipe.lr
     assert warnings == [f"LR range test: peak LR {settled.lr:g} (the recipe's {recipe.lr:g} before the test)"]
 
 
