@@ -17,7 +17,9 @@ which ORT kernels run there:
   (89.70% against 89.93% on an emulated Cortex-A76, full test split). Depthwise channels are padded to 8 (NEON).
   On an x86-64 CPU without VNNI its accuracy measures too low (saturating S8S8 kernels); the stage says so.
 * **host**: whichever of the two this machine is. On an x86-64 CPU without VNNI, weights also use ``reduce_range``
-  (7 bits): its 16-bit intermediate sums can saturate otherwise, as ORT's docs warn.
+  (7 bits): its 16-bit intermediate sums can saturate otherwise, as ORT's docs warn. On an x86-64 host the step
+  also builds the other weight width and keeps whichever gets more held-out training images right
+  (:mod:`compress.weight_bits`; ``weight_bits`` 8 or 7 fixes the width instead).
 
 ``kernel_rewrites`` keep ORT on its fast kernels (:mod:`compress.rewrites`): padding is exact, the hardsigmoid clip
 coarsens some INT8 grids slightly, so the rewritten model is compared with the plain one (same calibration ranges)
@@ -47,6 +49,7 @@ CALIBRATIONS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("auto", "uint8", "int8")
 TARGETS = ("host", "x86_64", "arm64")
 IF_SLOWER = ("warn", "fallback")
+WEIGHT_BITS = (None, 8, 7)
 REWRITE_CHECK_IMAGES = 256  # calibration images the rewritten model is compared on (spread over the set)
 # Below this top-1 agreement with the plain INT8 model, a rewrite did more than re-round: padding is bit-exact, and
 # ≤10 %-coarser hardswish grids flip borderline images only. Two barely trained tiny MobileNetV3s (53 % and 67 %
@@ -124,6 +127,9 @@ class Quantize:
     # INT8's top-1 budget against its FP32 input on held-out training images: the most harmful nodes stay FP32
     # until it holds (compress.mixed). None: plain INT8. The pipeline sets it from --max-drop.
     max_drop_pt: float | None = None
+    # None: the target's default, and on an x86-64 host whichever of 8-bit and 7-bit weights gets more held-out
+    # training images right (compress.weight_bits); 8 or 7: that width (7 is ORT's reduce_range)
+    weight_bits: int | None = None
 
     accepts = "onnx"
     produces = "onnx"
@@ -142,6 +148,9 @@ class Quantize:
                                 "fallback (keep the FP32 model when INT8 is slower on this CPU)")
         if self.speed_check_runs < 0:
             raise CompressError(f"speed_check_runs must be 0 (skip) or more, got {self.speed_check_runs}")
+        if self.weight_bits not in WEIGHT_BITS:
+            raise CompressError(f"weight_bits must be 8, 7 or null (choose by held-out accuracy), got "
+                                f"{self.weight_bits!r}: 7-bit weights are ORT's reduce_range")
         if self.max_drop_pt is not None and not self.max_drop_pt >= 0:
             raise CompressError(f"max_drop_pt must be 0 or more (top-1 points), got {self.max_drop_pt}")
 
@@ -157,12 +166,16 @@ class Quantize:
         calib = calibration_images(ctx.data, self.calibration_count(ctx.data.train_x.shape[0], ctx.data.input_size),
                                    ctx.seed)
         recipe = int8_recipe(self.target, self.activation_type)
+        if self.weight_bits is not None:
+            recipe = replace(recipe, reduce_range=self.weight_bits == 7)
         path = ctx.artifact(self.name, "model.onnx")
         temps = {k: ctx.artifact(self.name, f) for k, f in [("pre", "preprocessed.onnx"), ("plain", "plain.onnx"),
                                                               ("padded", "padded.onnx"), ("table", "ranges.json")]}
         notes: dict = {}
         try:
             atomic_write(path, lambda tmp: self._write(model.path, tmp, calib, recipe, temps, notes, ctx))
+            if self.weight_bits is None and self.target == "host" and recipe.target == "x86_64":
+                recipe = self._choose_weight_bits(model.path, path, calib, recipe, temps, notes, ctx)
             if self.kernel_rewrites:
                 spread = np.linspace(0, len(calib) - 1, min(REWRITE_CHECK_IMAGES, len(calib))).astype(int)
                 self._compare(temps["plain"], path, calib[spread], notes, ctx)
@@ -201,6 +214,23 @@ class Quantize:
                             "without VNNI saturate 16-bit sums (a tiny MobileNetV3: 30% here, 67% like FP32 on an "
                             "emulated Cortex-A76); check accuracy on the device" if saturates else ""))
 
+    def _choose_weight_bits(self, src: Path, path: Path, calib: "np.ndarray", recipe: Int8Recipe,
+                            temps: dict[str, Path], notes: dict, ctx: "Context") -> Int8Recipe:
+        """8-bit or 7-bit weights, whichever gets more held-out training images right (:mod:`compress.weight_bits`),
+        from the same calibration ranges. ``path`` and ``temps["plain"]`` end up holding the chosen width."""
+        from compress import weight_bits
+        from compress.calibration import held_out_images
+
+        other = replace(recipe, reduce_range=not recipe.reduce_range)
+        mine = {k: temps[k].with_name(f"other_{temps[k].name}") for k in ("plain", "padded")}
+        notes["weight_bits"] = record = weight_bits.choose(
+            path, recipe.reduce_range, lambda out: self._write(src, out, calib, other, temps | mine, {}, ctx,
+                                                               recalibrate=False),
+            held_out_images(ctx.data, len(calib), ctx.seed, count=weight_bits.HELD_OUT), ctx.threads,
+            companions={mine["plain"]: temps["plain"], mine["padded"]: None})
+        return recipe if record["reduce_range"] == recipe.reduce_range else replace(
+            other, why=f"{other.why}; {record['outcome']}")
+
     def _mixed(self, fp32: Path, int8: Path, calib: "np.ndarray", recipe: Int8Recipe, temps: dict[str, Path],
                ctx: "Context") -> dict:
         """Keep the most harmful nodes in FP32 while INT8 misses ``max_drop_pt`` (:mod:`compress.mixed`)."""
@@ -230,10 +260,11 @@ class Quantize:
                                                                           exclude=names), slower=slower)
 
     def _write(self, src: Path, tmp: Path, calib: "np.ndarray", recipe: Int8Recipe, temps: dict[str, Path],
-               notes: dict, ctx: "Context", exclude: list[str] | None = None) -> None:
+               notes: dict, ctx: "Context", exclude: list[str] | None = None, recalibrate: bool = True) -> None:
         """Pre-process, quantize and (with ``kernel_rewrites``) rewrite ``src`` into ``tmp``. The plain INT8
         model (same calibration ranges, no rewrites) is left at ``temps["plain"]`` for the comparison. ``exclude``:
-        nodes (of the pre-processed model) that stay FP32."""
+        nodes (of the pre-processed model) that stay FP32. ``recalibrate`` False reuses the ranges of the last
+        call (``temps["table"]``)."""
         import time
 
         import onnx
@@ -245,11 +276,12 @@ class Quantize:
         with quantizer_output_to_log() as caught:
             quant_pre_process(str(src), str(temps["pre"]))
             name_nodes(temps["pre"])  # nodes_to_exclude (mixed precision) names nodes
+            if recalibrate:
+                temps["table"].unlink(missing_ok=True)  # calibrate once, on the unpadded model; reuse the ranges
             if not self.kernel_rewrites:
-                self._quantize_static(temps["pre"], tmp, calib, recipe, exclude=exclude)
+                self._quantize_static(temps["pre"], tmp, calib, recipe, table=temps["table"], exclude=exclude)
                 q = onnx.load(str(tmp))
             else:
-                temps["table"].unlink(missing_ok=True)  # calibrate once, on the unpadded model; reuse the ranges
                 self._quantize_static(temps["pre"], temps["plain"], calib, recipe, table=temps["table"],
                                       exclude=exclude)
                 padded = _pad_depthwise(temps["pre"], temps["padded"], calib[:8], recipe, ctx, self.name)

@@ -297,6 +297,7 @@ def test_arm64_pads_depthwise_convs_to_8_and_x86_64_to_16(pruned_fp32, tmp_path)
     x86_model = _graph(x86.path)
     assert _activation_zero_point_types(x86_model) == {TensorProto.UINT8} and _stem_input_channels(x86_model) == 4
     assert x86_notes["recipe"] == asdict(int8_recipe("x86_64")) and x86_notes["reduce_range"] is False
+    assert "weight_bits" not in x86_notes  # built for a device: this machine's accuracy does not choose its weights
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -306,6 +307,7 @@ def test_arm64_pads_depthwise_convs_to_8_and_x86_64_to_16(pruned_fp32, tmp_path)
     ("target", "aarch64", "unknown INT8 target 'aarch64': choose one of host, x86_64, arm64"),
     ("if_slower", "ignore", "unknown if_slower 'ignore'"),
     ("speed_check_runs", -1, "speed_check_runs must be 0"),
+    ("weight_bits", 4, "weight_bits must be 8, 7 or null"),
 ])
 def test_bad_options_raise_before_any_work(fp32, tmp_path, field, value, message):
     with context(tmp_path) as ctx, pytest.raises(CompressError, match=message):
