@@ -223,11 +223,11 @@ class Quantize:
 
         other = replace(recipe, reduce_range=not recipe.reduce_range)
         mine = {k: temps[k].with_name(f"other_{temps[k].name}") for k in ("plain", "padded")}
+        held = held_out_images(ctx.data, len(calib), ctx.seed, count=weight_bits.held_out_count(ctx.data.input_size))
         notes["weight_bits"] = record = weight_bits.choose(
             path, recipe.reduce_range, lambda out: self._write(src, out, calib, other, temps | mine, {}, ctx,
                                                                recalibrate=False),
-            held_out_images(ctx.data, len(calib), ctx.seed, count=weight_bits.HELD_OUT), ctx.threads,
-            companions={mine["plain"]: temps["plain"], mine["padded"]: None})
+            held, ctx.threads, companions={mine["plain"]: temps["plain"], mine["padded"]: None})
         return recipe if record["reduce_range"] == recipe.reduce_range else replace(
             other, why=f"{other.why}; {record['outcome']}")
 

@@ -25,6 +25,15 @@ if TYPE_CHECKING:
     import numpy as np
 
 HELD_OUT = 10_000  # at most this many held-out images decide; at 32 px ORT runs them in about a second
+# As many pixels at larger sizes (2,500 images at 64 px), at least MIN_HELD_OUT: 1,000 images at 224 px hold
+# 0.6 GB as float32, where 10,000 would hold 6 GB.
+HELD_OUT_PIXELS = HELD_OUT * 32 * 32
+MIN_HELD_OUT = 1_000
+
+
+def held_out_count(input_size: int) -> int:
+    """How many held-out training images (at most) decide the width at ``input_size`` pixels."""
+    return min(HELD_OUT, max(MIN_HELD_OUT, HELD_OUT_PIXELS // (input_size * input_size)))
 
 
 def choose(current: Path, current_reduce_range: bool, build_other: Callable[[Path], None],

@@ -14,7 +14,7 @@ from compress.data import load_dataset
 from compress.host import has_vnni, host_arch
 from compress.mixed import top1_pct
 from compress.quantize import Quantize
-from compress.weight_bits import HELD_OUT
+from compress.weight_bits import HELD_OUT, held_out_count
 from tests.helpers import context, fmnist_subset
 from tests.test_quantize import fp32, trained  # noqa: F401  (shared module fixtures: one training)
 
@@ -39,7 +39,8 @@ def test_an_x86_host_keeps_the_width_that_gets_more_held_out_images_right(fp32, 
         assert "weight_bits" not in notes and notes["reduce_range"] is False
         return
     record = notes["weight_bits"]
-    assert record["held_out_images"] == min(HELD_OUT, 1500 - 256)  # training images that did not calibrate
+    # the training images that did not calibrate
+    assert record["held_out_images"] == min(held_out_count(data.input_size), 1500 - 256)
     assert record["default"] == ("8-bit" if has_vnni() else "7-bit")
     eight, seven = record["8-bit_top1_pct"], record["7-bit_top1_pct"]
     # the other width must get strictly more right to replace the default
@@ -47,7 +48,7 @@ def test_an_x86_host_keeps_the_width_that_gets_more_held_out_images_right(fp32, 
     assert record["reduce_range"] is chose_seven is notes["reduce_range"]
     # what ships is the width chosen, scoring what the record says on the same held-out images
     assert (_largest_weight(int8.path) <= 64) is chose_seven
-    held = held_out_images(data, 256, ctx.seed, count=HELD_OUT)
+    held = held_out_images(data, 256, ctx.seed, count=held_out_count(data.input_size))
     assert round(top1_pct(int8.path, *held, 1), 2) == (seven if chose_seven else eight)
 
 
@@ -68,3 +69,10 @@ def test_with_every_training_image_calibrating_the_default_width_stays(fp32, tmp
     if X86_HOST:
         assert notes["weight_bits"]["held_out_images"] == 0 and "default kept" in notes["weight_bits"]["outcome"]
         assert notes["reduce_range"] is (not has_vnni())
+
+
+def test_larger_inputs_decide_on_fewer_held_out_images_holding_as_many_pixels():
+    assert held_out_count(32) == HELD_OUT == 10_000
+    assert held_out_count(64) == 2_500
+    assert held_out_count(224) == 1_000  # the floor: 0.6 GB of float32 images, not 6 GB
+    assert held_out_count(16) == HELD_OUT  # never more than at 32 px
