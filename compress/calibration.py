@@ -24,9 +24,14 @@ CALIBRATION_PIXELS = 32_768 * 32 * 32
 MIN_CALIBRATION_IMAGES = 2048
 
 
+def images_for_pixels(pixels: int, input_size: int, at_least: int) -> int:
+    """How many ``input_size``-px square images hold ``pixels`` pixels, but at least ``at_least``."""
+    return max(at_least, pixels // (input_size * input_size))
+
+
 def default_calibration_size(input_size: int) -> int:
     """Training images that calibrate INT8 when the config does not say (comment above)."""
-    return max(MIN_CALIBRATION_IMAGES, CALIBRATION_PIXELS // (input_size * input_size))
+    return images_for_pixels(CALIBRATION_PIXELS, input_size, MIN_CALIBRATION_IMAGES)
 
 
 def calibration_reader(images: "np.ndarray", batch_size: int = 32):

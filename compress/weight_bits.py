@@ -21,6 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from compress.calibration import images_for_pixels
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -33,7 +35,7 @@ MIN_HELD_OUT = 1_000
 
 def held_out_count(input_size: int) -> int:
     """How many held-out training images (at most) decide the width at ``input_size`` pixels."""
-    return min(HELD_OUT, max(MIN_HELD_OUT, HELD_OUT_PIXELS // (input_size * input_size)))
+    return min(HELD_OUT, images_for_pixels(HELD_OUT_PIXELS, input_size, MIN_HELD_OUT))
 
 
 def choose(current: Path, current_reduce_range: bool, build_other: Callable[[Path], None],
