@@ -39,6 +39,11 @@ class Finetune:
     temperature: float = 4.0
     alpha: float = 0.7  # weight of the distillation loss against the hard-label loss
     quant_aware_epochs: int = 4  # with --int8, the last epochs (all, if fewer) train with INT8-rounded activations
+    # Transfer learning: the backbone's LR as a fraction of the head's, and BatchNorm statistics frozen. None: as the
+    # baseline trained (with_baseline_recipe fills them in), so that recovery keeps the pretrained features the
+    # baseline's recipe was careful to keep.
+    backbone_lr_scale: float | None = None
+    freeze_bn: bool | None = None
 
     name = "finetune"
     title = "recovery fine-tuning"
@@ -55,18 +60,30 @@ class Finetune:
             raise CompressError("finetune alpha must be in [0, 1] and temperature positive")
         if self.quant_aware_epochs < 0:
             raise CompressError(f"finetune quant_aware_epochs must be 0 (off) or more, got {self.quant_aware_epochs}")
+        if self.backbone_lr_scale is not None and not 0 < self.backbone_lr_scale <= 1:
+            raise CompressError(f"finetune backbone_lr_scale must be in (0, 1], got {self.backbone_lr_scale}")
 
-    def with_baseline_lr(self, baseline_recipe: dict) -> "Finetune":
-        """This stage with ``lr`` set to half the peak LR ``baseline_recipe`` (a baseline's recorded recipe) trained
-        with, scaled from its batch to this stage's (:func:`compress.recipe.scale_lr`; adapt scales it back). An LR
-        range test on the pruned model picked too low an LR for recovery (MobileNetV3-small, 1,584 photos: 0.022
-        recovered to 82%; half the baseline's 0.10 gave 99.5%).
-        Unchanged when ``lr`` is set or the baseline's LR is unknown."""
+    def with_baseline_recipe(self, baseline_recipe: dict) -> "Finetune":
+        """This stage learning at the pace of ``baseline_recipe`` (a baseline's recorded recipe), where it does not
+        say otherwise:
+
+        * ``lr``: half the baseline's peak LR, scaled from its batch to this stage's
+          (:func:`compress.recipe.scale_lr`; adapt scales it back). An LR range test on the pruned model picked
+          too low an LR for recovery (MobileNetV3-small, 1,584 photos: 0.022 recovered to 82%; half the
+          baseline's 0.10 gave 99.5%). Kept when the baseline's LR is unknown.
+        * ``backbone_lr_scale`` and ``freeze_bn``: the baseline's. Fine-tuned pretrained weights on small data
+          train their backbone at a tenth of the head's LR with frozen BatchNorm statistics; recovery at the
+          full LR with live statistics unlearnt them (module docstring of :mod:`compress.recipe`)."""
         lr, batch = baseline_recipe.get("lr"), baseline_recipe.get("batch_size")
         known = lr and batch and baseline_recipe.get("epochs") and not baseline_recipe.get("probe_lr")
-        if self.lr is not None or not known:
-            return self
-        return dataclasses.replace(self, lr=float(f"{scale_lr(0.5 * lr, batch, self.batch_size):.4g}"))
+        changes: dict = {}
+        if self.lr is None and known:
+            changes["lr"] = float(f"{scale_lr(0.5 * lr, batch, self.batch_size):.4g}")
+        if self.backbone_lr_scale is None and baseline_recipe.get("backbone_lr_scale") is not None:
+            changes["backbone_lr_scale"] = float(baseline_recipe["backbone_lr_scale"])
+        if self.freeze_bn is None and baseline_recipe.get("freeze_bn") is not None:
+            changes["freeze_bn"] = bool(baseline_recipe["freeze_bn"])
+        return dataclasses.replace(self, **changes) if changes else self
 
     def distils(self, train_images: int) -> bool:
         """Whether recovery learns from the baseline's soft targets. On small data sets it learns from the labels
@@ -87,6 +104,12 @@ class Finetune:
         teacher = ctx.teacher if self.distils(images) else None
         # Recovery starts from trained weights but changes every layer: adapt batch and LR to the data size only.
         recipe, why = self.recipe().adapted(train_images=images, pretrained=False, default_lr=RECOVERY_LR)
+        if (self.backbone_lr_scale or 1.0) < 1 or self.freeze_bn:
+            recipe = dataclasses.replace(recipe, backbone_lr_scale=self.backbone_lr_scale or 1.0,
+                                         freeze_bn=bool(self.freeze_bn))
+            why.append(f"as the baseline fine-tuned its pretrained weights: the backbone at "
+                       f"{recipe.backbone_lr_scale:g}× the head's LR"
+                       + ("; BatchNorm statistics frozen" if recipe.freeze_bn else ""))
         if self.distill is None and teacher is None:
             why.append(f"labels only, no distillation from the baseline (under {SMALL_DATA:,} training images)")
         ctx.note(self.name, recipe=dataclasses.asdict(recipe), recipe_adapted=why, distilled=teacher is not None)

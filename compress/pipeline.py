@@ -90,7 +90,7 @@ def run(cfg: "RunConfig", run_dir: Path, *, progress: Any = None, chain: list | 
             for stage in chain[len(report.steps):]:
                 if kind_of(model) == "torch":
                     ctx.last_torch = model  # what the LiteRT converter starts from (Export's input)
-                model = _step(_with_budget(_with_baseline_lr(stage, ctx), cfg, report), model, ctx, report)
+                model = _step(_with_budget(_with_baseline_recipe(stage, ctx), cfg, report), model, ctx, report)
                 if "baseline_onnx" not in report.references:  # right after the baseline, or a resumed 0.1 run
                     _measure_reference(cfg, ctx, report)
                 ckpt.atomic_write(run_dir / PROGRESS, lambda p: p.write_text(report.to_json()))
@@ -128,18 +128,19 @@ def _train_only(cfg: "RunConfig", run_dir: Path, chain: list, *, device: str, mo
     for stage in chain[len(done):]:
         if stage.produces != "torch":
             break  # export and after: rank 0's alone
-        current = _with_baseline_lr(stage, ctx)(current, ctx)
+        current = _with_baseline_recipe(stage, ctx)(current, ctx)
         if isinstance(stage, Baseline):
             ctx.teacher = current
     distributed.finish()
 
 
-def _with_baseline_lr(stage: Any, ctx: Context) -> Any:
-    """A stage that learns at the baseline's pace (recovery fine-tuning: ``with_baseline_lr``) gets the peak LR from
-    the baseline's recorded recipe (its own record, or the resumed run's)."""
-    if not hasattr(stage, "with_baseline_lr"):
+def _with_baseline_recipe(stage: Any, ctx: Context) -> Any:
+    """A stage that learns at the baseline's pace (recovery fine-tuning: ``with_baseline_recipe``) gets its peak LR,
+    backbone LR scale and BatchNorm freezing from the baseline's recorded recipe (its own record, or the resumed
+    run's)."""
+    if not hasattr(stage, "with_baseline_recipe"):
         return stage
-    return stage.with_baseline_lr(ctx.notes.get("baseline", {}).get("recipe", {}))
+    return stage.with_baseline_recipe(ctx.notes.get("baseline", {}).get("recipe", {}))
 
 
 def _with_budget(stage: Any, cfg: "RunConfig", report: RunReport) -> Any:

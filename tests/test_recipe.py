@@ -1,6 +1,6 @@
 """The adaptive training recipe: the default job untouched, the rules for small data and pretrained weights, an LR
 that is given used as given, an LR range test that finds nothing falling back to the recipe's LR, and recovery
-fine-tuning at half the baseline's peak LR."""
+fine-tuning at half the baseline's peak LR, with the baseline's backbone LR scale and BatchNorm freezing."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 
+from compress.errors import CompressError
 from compress.finetune import RECOVERY_LR, Finetune
 from compress.recipe import CLIP_NORM, DEFAULT_LR, MIN_BATCH, Recipe
 from compress.lr_range import PROBE_DIVISOR, resolve_lr
-from tests.helpers import digits
+from tests.helpers import QUICK, digits
 
 
 def test_the_default_job_gets_exactly_the_tuned_recipe():
@@ -102,15 +103,15 @@ def test_an_lr_range_test_on_a_small_cnn_picks_a_higher_lr_than_the_linear_rule(
 def test_recovery_learns_at_half_the_baselines_peak_lr_per_image():
     base = {"lr": 0.1, "batch_size": 32, "epochs": 3, "probe_lr": False}
 
-    finetune = Finetune().with_baseline_lr(base)
+    finetune = Finetune().with_baseline_recipe(base)
     assert finetune.lr == pytest.approx(0.5 * 0.1 * (256 / 32) ** 0.5, rel=1e-3)
     assert finetune.recipe().adapted(train_images=3_000, pretrained=False)[0].lr == pytest.approx(0.05, rel=1e-3)
-    assert Finetune(lr=0.07).with_baseline_lr(base).lr == 0.07  # the user's --finetune-lr wins
+    assert Finetune(lr=0.07).with_baseline_recipe(base).lr == 0.07  # the user's --finetune-lr wins
     for unknown in ({}, {**base, "epochs": 0}, {**base, "probe_lr": True}):  # untrained, or a pre-probe record
-        assert Finetune().with_baseline_lr(unknown).lr is None
+        assert Finetune().with_baseline_recipe(unknown).lr is None
     assert Finetune().recipe().adapted(train_images=48_000, pretrained=False,
                                        default_lr=RECOVERY_LR)[0].lr == RECOVERY_LR
-    assert Finetune().with_baseline_lr({"lr": DEFAULT_LR, "batch_size": 256, "epochs": 25}).lr == RECOVERY_LR
+    assert Finetune().with_baseline_recipe({"lr": DEFAULT_LR, "batch_size": 256, "epochs": 25}).lr == RECOVERY_LR
 
 
 def test_recovery_distils_from_the_baseline_only_on_data_large_enough_to_teach():
@@ -118,3 +119,37 @@ def test_recovery_distils_from_the_baseline_only_on_data_large_enough_to_teach()
 
     assert Finetune().distils(48_000) and not Finetune().distils(SMALL_DATA - 1)
     assert Finetune(distill=True).distils(400) and not Finetune(distill=False).distils(48_000)
+
+
+def test_recovery_inherits_the_baselines_slow_backbone_and_frozen_statistics():
+    small_transfer = {"lr": 0.05, "batch_size": 16, "epochs": 3, "backbone_lr_scale": 0.1, "freeze_bn": True}
+
+    finetune = Finetune().with_baseline_recipe(small_transfer)
+    assert finetune.backbone_lr_scale == 0.1 and finetune.freeze_bn is True
+    chosen = Finetune(backbone_lr_scale=1.0, freeze_bn=False).with_baseline_recipe(small_transfer)
+    assert chosen.backbone_lr_scale == 1.0 and chosen.freeze_bn is False  # the YAML's finetune section wins
+    scratch = Finetune().with_baseline_recipe({"lr": DEFAULT_LR, "batch_size": 256, "epochs": 25,
+                                               "backbone_lr_scale": 1.0, "freeze_bn": False})
+    assert scratch == Finetune(lr=RECOVERY_LR, backbone_lr_scale=1.0, freeze_bn=False)  # the main job: as before
+    with pytest.raises(CompressError, match="backbone_lr_scale"):
+        Finetune(backbone_lr_scale=0).check()
+
+
+@pytest.mark.slow
+def test_recovering_a_fine_tuned_imagenet_model_on_small_data_keeps_its_backbone_slow(tmp_path):
+    """EfficientNet-Lite0's real ImageNet weights fine-tuned on 600 Fashion-MNIST images, pruned, recovered: the
+    recovery trains the backbone at the baseline's tenth of the head's LR, on frozen BatchNorm statistics."""
+    from compress.config import resolve
+    from compress.pipeline import run
+
+    cfg = resolve(overrides={"model": "efficientnet_lite0", "weights": "imagenet", "data": "fashion-mnist",
+                             "limit_train": 600, "limit_test": 200, "input_size": 32, "train": {"epochs": 2},
+                             "prune": {"ratio": 0.3}, "finetune": {"epochs": 1, "quant_aware_epochs": 0},
+                             "measure": QUICK})
+    report = run(cfg, tmp_path / "run")
+
+    base, recovery = report.baseline.notes["recipe"], report.step("finetune").notes["recipe"]
+    assert base["backbone_lr_scale"] == recovery["backbone_lr_scale"] == 0.1
+    assert base["freeze_bn"] and recovery["freeze_bn"]
+    assert any("as the baseline fine-tuned its pretrained weights" in w
+               for w in report.step("finetune").notes["recipe_adapted"])
