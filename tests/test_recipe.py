@@ -1,6 +1,7 @@
 """The adaptive training recipe: the default job untouched, the rules for small data and pretrained weights, an LR
 that is given used as given, an LR range test that finds nothing falling back to the recipe's LR, and recovery
-fine-tuning at half the baseline's peak LR, with the baseline's backbone LR scale and BatchNorm freezing."""
+fine-tuning at half the baseline's peak LR, with the baseline's backbone LR scale, BatchNorm freezing and (without
+a teacher) label smoothing."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from compress.errors import CompressError
 from compress.finetune import RECOVERY_LR, Finetune
 from compress.recipe import CLIP_NORM, DEFAULT_LR, MIN_BATCH, Recipe
 from compress.lr_range import PROBE_DIVISOR, resolve_lr
-from tests.helpers import QUICK, digits
+from tests.helpers import context, digits, fmnist_subset
 
 
 def test_the_default_job_gets_exactly_the_tuned_recipe():
@@ -133,23 +134,25 @@ def test_recovery_inherits_the_baselines_slow_backbone_and_frozen_statistics():
     assert scratch == Finetune(lr=RECOVERY_LR, backbone_lr_scale=1.0, freeze_bn=False)  # the main job: as before
     with pytest.raises(CompressError, match="backbone_lr_scale"):
         Finetune(backbone_lr_scale=0).check()
+    with pytest.raises(CompressError, match="label_smoothing"):
+        Finetune(label_smoothing=1.0).check()
 
 
-@pytest.mark.slow
 def test_recovering_a_fine_tuned_imagenet_model_on_small_data_keeps_its_backbone_slow(tmp_path):
-    """EfficientNet-Lite0's real ImageNet weights fine-tuned on 600 Fashion-MNIST images, pruned, recovered: the
-    recovery trains the backbone at the baseline's tenth of the head's LR, on frozen BatchNorm statistics."""
-    from compress.config import resolve
-    from compress.pipeline import run
+    """EfficientNet-Lite0's real ImageNet weights fine-tuned on 256 Fashion-MNIST images, then recovered as the
+    pipeline recovers it: the backbone trains at the baseline's tenth of the head's LR, on frozen BatchNorm
+    statistics."""
+    from compress.baseline import Baseline
+    from compress.pipeline import _with_baseline_recipe
 
-    cfg = resolve(overrides={"model": "efficientnet_lite0", "weights": "imagenet", "data": "fashion-mnist",
-                             "limit_train": 600, "limit_test": 200, "input_size": 32, "train": {"epochs": 2},
-                             "prune": {"ratio": 0.3}, "finetune": {"epochs": 1, "quant_aware_epochs": 0},
-                             "measure": QUICK})
-    report = run(cfg, tmp_path / "run")
+    with context(tmp_path, data=fmnist_subset(limit_train=256, limit_test=100)) as ctx:
+        model = Baseline(model="efficientnet_lite0", weights="imagenet", recipe=Recipe(epochs=1, lr=0.1))(None, ctx)
+        _with_baseline_recipe(Finetune(epochs=1, quant_aware_epochs=0), ctx)(model, ctx)
 
-    base, recovery = report.baseline.notes["recipe"], report.step("finetune").notes["recipe"]
+    base, recovery = ctx.notes["baseline"]["recipe"], ctx.notes["finetune"]["recipe"]
     assert base["backbone_lr_scale"] == recovery["backbone_lr_scale"] == 0.1
     assert base["freeze_bn"] and recovery["freeze_bn"]
     assert any("as the baseline fine-tuned its pretrained weights" in w
-               for w in report.step("finetune").notes["recipe_adapted"])
+               for w in ctx.notes["finetune"]["recipe_adapted"])
+    # no teacher on 256 images: the hard labels are smoothed as the baseline smoothed them
+    assert recovery["label_smoothing"] == base["label_smoothing"] == Recipe().label_smoothing > 0
