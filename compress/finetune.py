@@ -85,10 +85,11 @@ class Finetune:
         changes: dict = {}
         if self.lr is None and known:
             changes["lr"] = float(f"{scale_lr(0.5 * lr, batch, self.batch_size):.4g}")
-        if self.backbone_lr_scale is None and baseline_recipe.get("backbone_lr_scale") is not None:
+        # Filled in only where they change something: a from-scratch baseline's stage stays what its config says.
+        if self.backbone_lr_scale is None and (baseline_recipe.get("backbone_lr_scale") or 1.0) < 1:
             changes["backbone_lr_scale"] = float(baseline_recipe["backbone_lr_scale"])
-        if self.freeze_bn is None and baseline_recipe.get("freeze_bn") is not None:
-            changes["freeze_bn"] = bool(baseline_recipe["freeze_bn"])
+        if self.freeze_bn is None and baseline_recipe.get("freeze_bn"):
+            changes["freeze_bn"] = True
         return dataclasses.replace(self, **changes) if changes else self
 
     def distils(self, train_images: int) -> bool:

@@ -131,7 +131,7 @@ def test_recovery_inherits_the_baselines_slow_backbone_and_frozen_statistics():
     assert chosen.backbone_lr_scale == 1.0 and chosen.freeze_bn is False  # the YAML's finetune section wins
     scratch = Finetune().with_baseline_recipe({"lr": DEFAULT_LR, "batch_size": 256, "epochs": 25,
                                                "backbone_lr_scale": 1.0, "freeze_bn": False})
-    assert scratch == Finetune(lr=RECOVERY_LR, backbone_lr_scale=1.0, freeze_bn=False)  # the main job: as before
+    assert scratch == Finetune(lr=RECOVERY_LR)  # the main job: as before, and its stage record equals its config
     with pytest.raises(CompressError, match="backbone_lr_scale"):
         Finetune(backbone_lr_scale=0).check()
     with pytest.raises(CompressError, match="label_smoothing"):
