@@ -17,7 +17,7 @@ from compress.errors import CompressError
 from compress.models import create_model
 from compress.qat import fake_quant_activations
 from compress.recipe import Recipe
-from compress.train import MAX_RECOVERIES, evaluate, fit, recalibrate_bn
+from compress.train import MAX_RECOVERIES, _collapsed, evaluate, fit, recalibrate_bn
 from tests.helpers import digits, fmnist_subset, trained_tiny
 
 TINY_NET = Path(__file__).resolve().parent / "fixtures" / "tiny_net.py"
@@ -143,6 +143,17 @@ def test_a_diverging_epoch_is_rolled_back_and_training_recovers():
     assert [e["epoch"] for e in epochs] == [1, 2, 3] and all(e["loss"] < 10 for e in epochs)
     assert all(torch.isfinite(p).all() for p in trained.parameters())
     assert evaluate(trained, digits()) > 20  # chance is about 10%
+
+
+def test_training_accuracy_falling_back_to_chance_is_a_collapse_but_a_dip_or_a_slow_start_is_not():
+    """The rule behind rolling back a collapse without a loss spike (Lite0 recovering on 500 images ended at
+    chance, 20% on 5 classes, with finite losses): from the best epoch's accuracy back to chance."""
+    assert _collapsed(21.0, [60.0, 72.0], chance_pct=20.0) == "training accuracy fell from 72.0% to 21.0%, chance level"
+    assert _collapsed(70.0, [60.0, 72.0], chance_pct=20.0) == ""  # a dip, not a collapse
+    assert _collapsed(40.0, [60.0, 72.0], chance_pct=20.0) == ""  # far below, but not at chance: the loss rule's job
+    assert _collapsed(21.8, [28.8, 33.6, 39.6], chance_pct=20.0).startswith("training accuracy fell from 39.6%")
+    assert _collapsed(10.5, [18.0], chance_pct=10.0) == ""  # never well above chance: a slow start, not a collapse
+    assert _collapsed(10.0, [], chance_pct=10.0) == ""  # the first epoch has nothing to fall from
 
 
 def test_a_checkpoint_that_does_not_fit_is_a_warning_and_training_starts_over(tmp_path):
