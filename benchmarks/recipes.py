@@ -181,7 +181,8 @@ def write_matrix(rows: list[dict], env: dict, a: argparse.Namespace) -> None:
           "`well_above_chance`: baseline "
           "top-1 at least halfway from chance to 100%; `within_budget`: the deployed model within 1 point of the "
           "baseline. `peak_lr`: the baseline's peak LR (the LR range test's pick when it ran and found one); "
-          "`recovery_lr`: recovery fine-tuning's (half the baseline's, per image); `cpu`: where the row ran (the "
+          "`recovery_lr`: recovery fine-tuning's (half the baseline's per image; all of it after fine-tuning "
+          "pretrained weights with a slow backbone); `cpu`: where the row ran (the "
           "environment below is the last invocation's).", "",
           md_table(head, [[r.get(k, "") for k in head] for r in rows]), "", "## Environment\n", env_markdown(env),
           f"  \nWall time {env['seconds']} s.\n"]

@@ -100,7 +100,8 @@ def _run_parser(sub: Any, fmt: type) -> None:
     r.add_argument("--finetune-epochs", type=int, metavar="N", help="recovery fine-tuning epochs after --prune or "
                    f"--edge-friendly (default {finetune.epochs})")
     r.add_argument("--finetune-lr", type=float, metavar="LR", help="recovery fine-tuning peak learning rate "
-                   f"(default: half the baseline's, {RECOVERY_LR:g} for the default job)")
+                   f"(default: half the baseline's, {RECOVERY_LR:g} for the default job; the baseline's after "
+                   "pretrained fine-tuning with a slow backbone)")
     r.add_argument("--weights", help="auto (cached ImageNet weights, else from scratch), imagenet, none, "
                    f"or a state_dict path (default {run_cfg.weights})")
     r.add_argument("--input-size", type=int, metavar="PIXELS", help="input height and width in pixels "

@@ -127,6 +127,8 @@ def test_recovery_inherits_the_baselines_slow_backbone_and_frozen_statistics():
 
     finetune = Finetune().with_baseline_recipe(small_transfer)
     assert finetune.backbone_lr_scale == 0.1 and finetune.freeze_bn is True
+    # the baseline's own peak LR (scaled from batch 16 to 256), not half of it: the backbone learns at a tenth of it
+    assert finetune.lr == pytest.approx(0.05 * (256 / 16) ** 0.5, rel=1e-3)
     chosen = Finetune(backbone_lr_scale=1.0, freeze_bn=False).with_baseline_recipe(small_transfer)
     assert chosen.backbone_lr_scale == 1.0 and chosen.freeze_bn is False  # the YAML's finetune section wins
     scratch = Finetune().with_baseline_recipe({"lr": DEFAULT_LR, "batch_size": 256, "epochs": 25,
@@ -151,8 +153,7 @@ def test_recovering_a_fine_tuned_imagenet_model_on_small_data_keeps_its_backbone
 
     base, recovery = ctx.notes["baseline"]["recipe"], ctx.notes["finetune"]["recipe"]
     assert base["backbone_lr_scale"] == recovery["backbone_lr_scale"] == 0.1
-    assert recovery["lr"] == pytest.approx(0.5 * base["lr"] * (recovery["batch_size"] / base["batch_size"]) ** 0.5,
-                                           rel=1e-3)  # half the baseline's: its own LR collapsed one run to chance
+    assert recovery["lr"] == pytest.approx(base["lr"] * (recovery["batch_size"] / base["batch_size"]) ** 0.5, rel=1e-3)
     assert base["freeze_bn"] and recovery["freeze_bn"]
     assert any("as the baseline fine-tuned its pretrained weights" in w
                for w in ctx.notes["finetune"]["recipe_adapted"])
