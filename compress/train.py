@@ -145,8 +145,9 @@ def _train(state: _State, data: "Dataset", recipe: Recipe, device: str, teacher:
             recoveries += 1
             collapse = problem.startswith("training accuracy")
             _restore(state, best if collapse else snapshot, recipe, steps_per_epoch, state.lr_scale / 2)
-            if collapse:
+            if collapse:  # later epochs are gone: a later divergence goes back here, not to one of them
                 del losses[state.epoch:], accs[state.epoch:]
+                snapshot = best
             warn(f"training diverged at epoch {state.epoch + 1} ({problem}); went back to the "
                  f"{'most accurate' if collapse else 'last good'} epoch and continued at half the learning rate "
                  f"(peak {recipe.lr * state.lr_scale:g})")
