@@ -136,14 +136,15 @@ def _train(state: _State, data: "Dataset", recipe: Recipe, device: str, teacher:
     best = snapshot  # the most accurate epoch's: a collapse may begin inside the last good epoch
     while state.epoch < recipe.epochs:
         info = _epoch(state, data, recipe, device, teacher, distill, quant_aware_epochs, on_batch)
-        problem = _diverged(info["loss"], losses) or _collapsed(info.get("train_acc_pct", 100.0), accs, chance)
+        blew_up = _diverged(info["loss"], losses)
+        collapse = "" if blew_up else _collapsed(info["train_acc_pct"], accs, chance)
+        problem = blew_up or collapse
         if problem:
             if recoveries == MAX_RECOVERIES:
                 raise CompressError(f"training diverged ({problem}) at epoch {state.epoch + 1} even at "
                                     f"{recipe.lr * state.lr_scale:g} peak LR after {recoveries} automatic retries: "
                                     "lower the lr (--lr / --finetune-lr), or check the data")
             recoveries += 1
-            collapse = problem.startswith("training accuracy")
             _restore(state, best if collapse else snapshot, recipe, steps_per_epoch, state.lr_scale / 2)
             if collapse:  # later epochs are gone: a later divergence goes back here, not to one of them
                 del losses[state.epoch:], accs[state.epoch:]
@@ -154,7 +155,7 @@ def _train(state: _State, data: "Dataset", recipe: Recipe, device: str, teacher:
             continue
         state.epoch += 1
         losses.append(info["loss"])
-        accs.append(info.get("train_acc_pct", 0.0))
+        accs.append(info["train_acc_pct"])
         snapshot = copy.deepcopy(state.save())
         if accs[-1] >= max(accs):
             best = snapshot
