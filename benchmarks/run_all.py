@@ -21,13 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small settings for every script (~3 min)")
     p.add_argument("--main-run", type=Path, help="a finished default-job run folder for accuracy (skips training)")
     p.add_argument("--finetune-epochs", type=int, help="sweep's recovery epochs per prune ratio (default 6)")
+    p.add_argument("--sweep-config", type=Path, help="a sweep grid YAML for the sweep instead of the default job's")
     p.add_argument("--out", type=Path, default=RESULTS, help="where results go (default benchmarks/results)")
     a = p.parse_args(argv)
     common = [*(["--quick"] if a.quick else []), "--out", str(a.out.resolve())]
     jobs = [
         ["compare_recipes", *common],
         ["accuracy", *common, *([str(a.main_run.resolve())] if a.main_run else [])],
-        ["sweep", *common, *(["--finetune-epochs", str(a.finetune_epochs)] if a.finetune_epochs else [])],
+        ["sweep", *common, *(["--finetune-epochs", str(a.finetune_epochs)] if a.finetune_epochs else []),
+         *(["--config", str(a.sweep_config.resolve())] if a.sweep_config else [])],
         ["input_size", *common, *(["--run", str(a.main_run.resolve())] if a.main_run else [])],
         ["train_step", *common],
     ]

@@ -11,6 +11,7 @@ sweep.md/sweep.html in the sweep folder.
     python -m benchmarks.sweep                        # 6 fine-tune epochs per pruned run
     python -m benchmarks.sweep --finetune-epochs 12   # the default job's recovery schedule
     python -m benchmarks.sweep --quick                # ratios 0 and 0.5, 6,000 training images, short schedules
+    python -m benchmarks.sweep --config sweep.yaml    # your own grid (``compress sweep --config``'s format)
 """
 
 from __future__ import annotations
@@ -29,17 +30,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="6,000 training images and short schedules")
     p.add_argument("--runs", type=int, default=300, help="interleaved batch-1 runs per model (default 300)")
     p.add_argument("--max-concurrent", type=int, help="trials at a time (default: Ray's, one per CPU)")
+    p.add_argument("--config", type=Path, help="a sweep grid YAML (compress sweep --config) instead of the default "
+                   "job's; --ratios and --finetune-epochs still override it when given")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
 
-    from compress.config import merge
+    from compress.config import load_yaml, merge
     from compress.sweep import run_sweep
 
-    ratios = a.ratios or ([0.0, 0.5] if a.quick else [0.0, 0.25, 0.5, 0.7])
     suffix = "_quick" if a.quick else ""
-    epochs = a.finetune_epochs or (1 if a.quick else 6)
-    grid = merge(DEFAULT_JOB, {k: v for k, v in QUICK.items() if k != "measure"} if a.quick else {})
-    grid = merge(grid, {"finetune": {"epochs": epochs}, "sweep": {"prune": ratios, "int8": [False, True]}})
+    if a.config:
+        grid = merge(load_yaml(a.config), {**({"finetune": {"epochs": a.finetune_epochs}} if a.finetune_epochs else {}),
+                                           **({"sweep": {"prune": a.ratios}} if a.ratios else {})})
+    else:
+        grid = merge(DEFAULT_JOB, {k: v for k, v in QUICK.items() if k != "measure"} if a.quick else {})
+        grid = merge(grid, {"finetune": {"epochs": a.finetune_epochs or (1 if a.quick else 6)},
+                            "sweep": {"prune": a.ratios or ([0.0, 0.5] if a.quick else [0.0, 0.25, 0.5, 0.7]),
+                                      "int8": [False, True]}})
+    epochs = (grid.get("finetune") or {}).get("epochs")
     env = environment([1])
     sweep_dir = a.out / "runs" / f"sweep{suffix}"
     summary = run_sweep(grid, sweep_dir, max_concurrent=a.max_concurrent, runs=a.runs, energy_seconds=0,
@@ -64,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
               "yes" if pt["frontier"] else "", pt["status"]]
              for pt in sorted(points, key=lambda pt: (pt["prune_ratio"], pt["precision"]))]
     reused = sum(pt["status"] == "reused" for pt in points)
-    md = [f"# sweep{suffix}: prune ratio × precision, {DEFAULT_JOB['model']} on the default data set\n",
-          f"`compress sweep` (Ray Tune) into `{sweep_dir.name}/`: fine-tune {epochs} epoch(s) per pruned run; top-1 "
+    md = [f"# sweep{suffix}: prune ratio × precision, {grid.get('model', 'mobilenet_v3')} on "
+          f"{grid.get('data', 'the default data set')}\n",
+          f"`compress sweep` (Ray Tune) into `{sweep_dir.name}/`: "
+          + (f"fine-tune {epochs} epoch(s)" if epochs else "the default fine-tuning") + " per pruned run; top-1 "
           f"on the full test split; latency re-measured after the trials, batch 1, 1 thread, median of {a.runs} "
           f"interleaved runs. Ratios (speed-up, smaller) are against the FP32 model at prune ratio "
           f"{base['prune_ratio']:g}; \"frontier\" is the sweep's accuracy/latency/size Pareto frontier. "

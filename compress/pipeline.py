@@ -90,7 +90,7 @@ def run(cfg: "RunConfig", run_dir: Path, *, progress: Any = None, chain: list | 
             for stage in chain[len(report.steps):]:
                 if kind_of(model) == "torch":
                     ctx.last_torch = model  # what the LiteRT converter starts from (Export's input)
-                model = _step(_with_budget(_with_baseline_recipe(stage, ctx), cfg, report), model, ctx, report)
+                model = _step(_with_budget(_with_baseline_recipe(stage, ctx), cfg, report, ctx), model, ctx, report)
                 if "baseline_onnx" not in report.references:  # right after the baseline, or a resumed 0.1 run
                     _measure_reference(cfg, ctx, report)
                 ckpt.atomic_write(run_dir / PROGRESS, lambda p: p.write_text(report.to_json()))
@@ -143,13 +143,22 @@ def _with_baseline_recipe(stage: Any, ctx: Context) -> Any:
     return stage.with_baseline_recipe(ctx.notes.get("baseline", {}).get("recipe", {}))
 
 
-def _with_budget(stage: Any, cfg: "RunConfig", report: RunReport) -> Any:
+def _with_budget(stage: Any, cfg: "RunConfig", report: RunReport, ctx: Context) -> Any:
     """A stage that takes a top-1 budget (``max_drop_pt``: INT8's mixed precision) gets what is left of
-    ``--max-drop`` after the steps before it, measured on the test split like the deploy policy's budget."""
+    ``--max-drop`` after the steps before it, measured on the test split like the deploy policy's budget. When
+    those steps already spent more than all of it, the stage gets none: keeping nodes in FP32 can at best bring
+    INT8 back to its FP32 input's accuracy, which is already outside the budget (the search would only cost time:
+    97 s of a 4-minute EfficientNet-B0 run that recovery had left 19 points down)."""
     if cfg.max_drop is None or not hasattr(stage, "max_drop_pt") or stage.max_drop_pt is not None or not report.steps:
         return stage
     spent = report.baseline.metrics.top1_pct - report.steps[-1].metrics.top1_pct
-    return dataclasses.replace(stage, max_drop_pt=round(max(0.0, cfg.max_drop - spent), 3))
+    if spent > cfg.max_drop:
+        ctx.note(stage.name, mixed_precision={
+            "budget_pt": 0.0, "outcome": f"not tried: the steps before it already lost {spent:.2f} points of the "
+                                         f"{cfg.max_drop:g}-point --max-drop on the test split, and keeping nodes in "
+                                         "FP32 can at best bring INT8 back to its FP32 input's accuracy"})
+        return stage
+    return dataclasses.replace(stage, max_drop_pt=round(cfg.max_drop - spent, 3))
 
 
 def _step(stage: Any, model: Any, ctx: Context, report: RunReport) -> Any:

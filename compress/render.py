@@ -329,8 +329,10 @@ def mixed_precision(report: "RunReport") -> tuple[str, list[list[str]]] | None:
     if not report.has_step("quantize"):
         return None
     record = report.step("quantize").notes.get("mixed_precision")
-    if not isinstance(record, dict) or "worst_nodes" not in record:
+    if not isinstance(record, dict) or "outcome" not in record:
         return None
+    if "worst_nodes" not in record:  # not tried (the steps before INT8 spent the budget)
+        return "Mixed precision " + record["outcome"] + ".", []
     kept = set(record["kept_fp32"])
     tried = ", ".join(f"{a['kept_fp32']} node(s) FP32 → {a['drop_pt']:+.2f} pt" for a in record["attempts"])
     text = (f"Mixed precision under a {record['budget_pt']:g}-point budget (what --max-drop left for INT8), judged on "

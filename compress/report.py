@@ -36,8 +36,10 @@ def render_markdown(report: RunReport) -> str:
               + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + "."]
     mixed = mixed_precision(report)
     if mixed:
-        lines += ["", "## INT8 mixed precision", "", mixed[0], "", "The ten nodes that lose the most fidelity (SQNR "
-                  "against the FP32 model, on the node's output):", "", markdown_table(MIXED_HEADERS, mixed[1])]
+        lines += ["", "## INT8 mixed precision", "", mixed[0]]
+        if mixed[1]:
+            lines += ["", "The ten nodes that lose the most fidelity (SQNR against the FP32 model, on the node's "
+                      "output):", "", markdown_table(MIXED_HEADERS, mixed[1])]
     warnings = [(s.step, w) for s in report.steps for w in s.warnings]
     if warnings:
         lines += ["", "## Warnings", ""] + [f"- **{step}**: {w}" for step, w in warnings]

@@ -51,6 +51,34 @@ def edge_bundle(smoke_run) -> Path:
     return smoke_run / "edge"
 
 
+@pytest.fixture(scope="session")
+def swept(tmp_path_factory) -> dict:
+    """One real sweep, as a user runs it (`compress sweep --config ...` in its own process): 4 trials as Ray Tune
+    trials on a local Ray with this machine's CPUs (2 here), at most 2 at a time, SWEEP_FLAKY's first attempt
+    failing once; its own baseline cache, so exactly one trial trains the baseline. Tests read it, never write it
+    (test_benchmarks.py sweeps a copy)."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from compress.sweep import FAIL_ONCE_ENV
+    from tests.helpers import SWEEP_FLAKY, SWEEP_GRID, SWEEP_RUNS
+
+    root = tmp_path_factory.mktemp("sweep")
+    config = root / "sweep.yaml"
+    config.write_text(yaml.safe_dump(SWEEP_GRID))
+    argv = ["--config", str(config), "--out", str(root / "sweep"), "--max-concurrent", "2", "--max-failures", "1",
+            "--runs", str(SWEEP_RUNS), "--energy-seconds", "0.2"]
+    env = {**os.environ, "COMPRESS_CACHE": str(root / "cache"), FAIL_ONCE_ENV: SWEEP_FLAKY}
+    code = f"import sys; from compress.sweep import main; sys.exit(main({argv!r}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {"dir": root / "sweep", "config": config, "summary": json.loads((root / "sweep" / "sweep.json").read_text()),
+            "stdout": done.stdout, "stderr": done.stderr.splitlines()}
+
+
 def label_dir_name(label: str) -> str:
     """Class folder name for a label: '/' cannot appear in a folder name ("T-shirt/top" → "T-shirt_top")."""
     return label.replace("/", "_")

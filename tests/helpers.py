@@ -25,6 +25,14 @@ QUICK = MeasureConfig(warmup_runs=3, min_runs=30, min_seconds=0.05, throughput_s
 QUICK_MEASURE = Path(__file__).resolve().parent / "fixtures" / "quick_measure.yaml"  # about QUICK, for the CLI
 _CACHE: dict = {}
 
+# The session's real sweep (conftest.py's `swept`, checked in test_sweep.py and reused by test_benchmarks.py)
+SWEEP_GRID = {"model": "tiny_mobilenet_v3", "data": "digits", "train": {"epochs": 1}, "finetune": {"epochs": 1},
+              "quantize": {"calibration_size": 256},
+              "measure": {"min_runs": 20, "min_seconds": 0.05, "throughput_seconds": 0.05, "warmup_runs": 2},
+              "sweep": {"prune": [0, 0.5], "int8": [False, True]}}
+SWEEP_FLAKY = "tiny_mobilenet_v3_prune0.5_int8-minmax"  # its first attempt fails once its baseline step is recorded
+SWEEP_RUNS = 40  # interleaved timings per model in the re-measurement: enough for a median in a test
+
 
 def fmnist_subset(limit_train: int = 1500, limit_test: int = 300):
     key = ("fashion-mnist", limit_train, limit_test)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_run_all_quick_writes_every_table_and_plot(tmp_path, smoke_run):
+def test_run_all_quick_writes_every_table_and_plot(tmp_path, smoke_run, swept):
     """Every script, quick; accuracy and input_size reuse the session's finished smoke run (`--main-run`) instead of
-    training the main job again (that path is `benchmarks.accuracy.run_main_job`, one `compress.pipeline.run`)."""
+    training the main job again (that path is `benchmarks.accuracy.run_main_job`, one `compress.pipeline.run`), and
+    the sweep is the session's real 4-trial sweep (`--sweep-config`, into a copy of its folder: every trial is
+    reused, and the benchmark re-measures and tabulates them)."""
+    shutil.copytree(swept["dir"], tmp_path / "runs" / "sweep_quick", ignore=shutil.ignore_patterns("ray"))
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--quick", "--main-run", str(smoke_run),
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=1200, cwd=ROOT)
+                           "--sweep-config", str(swept["config"]), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1200, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("compare_recipes", "accuracy", "sweep", "input_size", "train_step"):
         for ext in ("md", "csv", "json"):
@@ -51,6 +56,8 @@ def test_run_all_quick_writes_every_table_and_plot(tmp_path, smoke_run):
             assert re.search(rf"^\| {re.escape(ratio)} \| {precision} \| \d+\.\d\d \|", sweep, re.M), (ratio, precision)
     sweep_json = json.loads((tmp_path / "sweep_quick.json").read_text())["sweep"]  # compress sweep's own summary
     assert len(sweep_json["trials"]) == 4 and sweep_json["recommended"] in {t["name"] for t in sweep_json["trials"]}
+    assert [t["status"] for t in sweep_json["trials"]] == ["reused"] * 4  # the session's sweep, not trained again
+    assert "tiny_mobilenet_v3 on digits" in sweep
     assert (tmp_path / "runs" / "sweep_quick" / "sweep.html").is_file()
     accuracy = json.loads((tmp_path / "accuracy_quick.json").read_text())
     assert accuracy["environment"]["cpu"] and accuracy["environment"]["versions"]["compress"]

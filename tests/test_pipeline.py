@@ -103,6 +103,33 @@ def test_a_callers_own_network_runs_through_the_python_api(tmp_path):
     assert RunReport.load(tmp_path / "run") == report
 
 
+def test_no_mixed_precision_search_once_the_steps_before_int8_spent_the_budget(smoke_run, tmp_path):
+    """The smoke run's records up to its FP32 export, that export made 2 points worse than the baseline: under a
+    1-point --max-drop, INT8 gets no budget and no search (it could only climb back to the export's accuracy),
+    and the report says why in one sentence."""
+    from compress.pipeline import _with_budget
+    from compress.quantize import Quantize
+    from compress.render import mixed_precision
+    from tests.helpers import context
+
+    report = RunReport.load(smoke_run)
+    report.steps = [s for s in report.steps if s.step != "quantize"]
+    report.steps[-1].metrics = dataclasses.replace(report.steps[-1].metrics,
+                                                   top1_pct=report.baseline.metrics.top1_pct - 2.0)
+    cfg = resolve(overrides={"max_drop": 1.0})
+
+    with context(tmp_path) as ctx:
+        over = _with_budget(Quantize(), cfg, report, ctx)
+        within = _with_budget(Quantize(), resolve(overrides={"max_drop": 2.5}), report, ctx)
+
+    assert over.max_drop_pt is None and within.max_drop_pt == pytest.approx(0.5)
+    record = ctx.notes["quantize"]["mixed_precision"]
+    assert record["outcome"].startswith("not tried: the steps before it already lost 2.00 points of the 1-point")
+    report.steps.append(dataclasses.replace(report.steps[-1], step="quantize", notes={"mixed_precision": record}))
+    text, rows = mixed_precision(report)
+    assert text == f"Mixed precision {record['outcome']}." and rows == []
+
+
 def test_max_drop_gives_int8_what_is_left_of_the_budget_and_the_report_shows_its_search(tmp_path):
     """--max-drop with --int8: the quantize stage gets the budget minus what the steps before it lost, searches
     mixed precision with it, and report.md/report.html show the ten most harmful nodes."""

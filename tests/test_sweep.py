@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import os
 import re
 import subprocess
 import sys
@@ -23,17 +22,13 @@ import yaml
 
 from compress.config import dump_yaml, resolve
 from compress.errors import CompressError
-from compress.sweep import FAIL_ONCE_ENV, INSTALL, TRIAL_MEASURE, add_parser, grid_from_args, main, plan, run_sweep
+from compress.sweep import INSTALL, TRIAL_MEASURE, add_parser, grid_from_args, main, plan, run_sweep
 from compress.sweep_report import SAME_SPEED, pareto, recommend
+from tests.helpers import SWEEP_FLAKY, SWEEP_GRID, SWEEP_RUNS
 
-QUICK_MEASURE = {"min_runs": 20, "min_seconds": 0.05, "throughput_seconds": 0.05, "warmup_runs": 2}
-GRID = {"model": "tiny_mobilenet_v3", "data": "digits", "train": {"epochs": 1}, "finetune": {"epochs": 1},
-        "quantize": {"calibration_size": 256}, "measure": QUICK_MEASURE,
-        "sweep": {"prune": [0, 0.5], "int8": [False, True]}}
+GRID, FLAKY, RUNS = SWEEP_GRID, SWEEP_FLAKY, SWEEP_RUNS  # the session's real sweep (conftest.py's `swept`)
 NAMES = ["tiny_mobilenet_v3_prune0_fp32", "tiny_mobilenet_v3_prune0_int8-minmax", "tiny_mobilenet_v3_prune0.5_fp32",
          "tiny_mobilenet_v3_prune0.5_int8-minmax"]
-FLAKY = "tiny_mobilenet_v3_prune0.5_int8-minmax"  # its first attempt fails once its baseline step is recorded
-RUNS = 40  # interleaved timings per model in the re-measurement: enough for a median in a test
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -181,24 +176,6 @@ def test_the_recommendation_is_the_fastest_inside_the_budget_and_the_smallest_of
 
 
 # ------------------------------------------------------------------------------------------------ a real sweep
-
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory) -> dict:
-    """One real sweep, as a user runs it (`compress sweep --config ...` in its own process): 4 trials as Ray Tune
-    trials on a local Ray with this machine's CPUs (2 here), at most 2 at a time, FLAKY's first attempt failing
-    once; its own baseline cache, so exactly one trial trains the baseline."""
-    root = tmp_path_factory.mktemp("sweep")
-    config = root / "sweep.yaml"
-    config.write_text(yaml.safe_dump(GRID))
-    argv = ["--config", str(config), "--out", str(root / "sweep"), "--max-concurrent", "2", "--max-failures", "1",
-            "--runs", str(RUNS), "--energy-seconds", "0.2"]
-    env = {**os.environ, "COMPRESS_CACHE": str(root / "cache"), FAIL_ONCE_ENV: FLAKY}
-    code = f"import sys; from compress.sweep import main; sys.exit(main({argv!r}))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1200)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return {"dir": root / "sweep", "summary": json.loads((root / "sweep" / "sweep.json").read_text()),
-            "stdout": done.stdout, "stderr": done.stderr.splitlines()}
-
 
 @pytest.mark.slow
 def test_every_trial_is_an_ordinary_run_folder_that_replays(swept):
