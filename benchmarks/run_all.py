@@ -1,7 +1,7 @@
 """Run every benchmark, one after another, each in its own process; results land in benchmarks/results/.
 
     python -m benchmarks.run_all            # ~25 min on 2 cores with the default baseline cached (+~12 min if not)
-    python -m benchmarks.run_all --quick    # ~3 min: every script, small settings
+    python -m benchmarks.run_all --quick    # 3–5 min on 2 cores: every script, small settings
     python -m benchmarks.run_all --main-run runs/my-run   # reuse a finished default-job run for accuracy
 """
 
@@ -18,7 +18,7 @@ from benchmarks._common import RESULTS, ROOT
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small settings for every script (~3 min)")
+    p.add_argument("--quick", action="store_true", help="small settings for every script (3–5 min on 2 cores)")
     p.add_argument("--main-run", type=Path, help="a finished default-job run folder for accuracy (skips training)")
     p.add_argument("--finetune-epochs", type=int, help="sweep's recovery epochs per prune ratio (default 6)")
     p.add_argument("--sweep-config", type=Path, help="a sweep grid YAML for the sweep instead of the default job's")

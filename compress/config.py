@@ -83,6 +83,7 @@ class RunConfig:
     def problems(self) -> list[tuple[str, str]]:
         """Every out-of-range value as ``(dotted key, message)``; empty when the config is valid."""
         from compress.energy import country_problem
+        from compress.heads import NAMED_WEIGHTS, user_weights_path
         from compress.models import resolve_name
 
         out: list[tuple[str, str]] = []
@@ -90,6 +91,11 @@ class RunConfig:
             resolve_name(self.model)
         except CompressError as e:
             out.append(("model", str(e)))
+        if self.weights not in NAMED_WEIGHTS:
+            try:
+                user_weights_path(self.weights)  # a missing file fails now, not once the data set has loaded
+            except CompressError as e:
+                out.append(("weights", str(e)))
         for name in ("input_size", "seed", "train_threads"):
             if getattr(self, name) < 0:
                 out.append((name, f"{name} must not be negative, got {getattr(self, name)}"))

@@ -98,6 +98,18 @@ def fit_head(model: "nn.Module", num_classes: int, spec: str, *, factory_took_cl
                         "give the factory a num_classes parameter")
 
 
+NAMED_WEIGHTS = ("auto", "imagenet", "none")
+
+
+def user_weights_path(weights: str) -> Path:
+    """``--weights PATH`` as a file that exists, or the one-line error (checked before any work starts)."""
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise CompressError(f"weights file {str(path)!r} not found: give --weights {', '.join(NAMED_WEIGHTS)}, "
+                            "or a .pt/.pth/.safetensors path")
+    return path
+
+
 def load_user_weights(model: "nn.Module", weights: str, num_classes: int) -> str:
     """Load ``--weights PATH`` into ``model``; returns the init description.
 
@@ -105,10 +117,7 @@ def load_user_weights(model: "nn.Module", weights: str, num_classes: int) -> str
     model.state_dict())`` or a ``.safetensors`` file) whose classifier has another class count loads
     all other tensors and keeps the fresh classifier; any other mismatch is an error.
     """
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise CompressError(f"weights file {str(path)!r} not found: give --weights imagenet, auto, none, "
-                            "or a .pt/.pth/.safetensors path")
+    path = user_weights_path(weights)
     from compress import checkpoint
 
     if path.suffix == ".safetensors":
