@@ -24,9 +24,8 @@ from compress.config import dump_yaml, resolve
 from compress.errors import CompressError
 from compress.sweep import INSTALL, TRIAL_MEASURE, add_parser, grid_from_args, main, plan, run_sweep
 from compress.sweep_report import SAME_SPEED, pareto, recommend
-from tests.helpers import SWEEP_FLAKY, SWEEP_GRID, SWEEP_RUNS
+from tests.helpers import SWEEP_FLAKY as FLAKY, SWEEP_GRID as GRID, SWEEP_RUNS as RUNS  # conftest.py's `swept`
 
-GRID, FLAKY, RUNS = SWEEP_GRID, SWEEP_FLAKY, SWEEP_RUNS  # the session's real sweep (conftest.py's `swept`)
 NAMES = ["tiny_mobilenet_v3_prune0_fp32", "tiny_mobilenet_v3_prune0_int8-minmax", "tiny_mobilenet_v3_prune0.5_fp32",
          "tiny_mobilenet_v3_prune0.5_int8-minmax"]
 
