@@ -128,6 +128,8 @@ def run_cell(model: str, data: str, size: int, work: Path, *, quick: bool) -> di
         "peak_lr": base.notes.get("recipe", {}).get("lr"), "recovery_lr": report.step("finetune").stage.get("lr"),
         "chance_pct": round(chance, 2), "baseline_top1_pct": round(base.metrics.top1_pct, 2),
         "deployed_step": final.step, "final_top1_pct": round(final.metrics.top1_pct, 2),
+        "int8_top1_pct": round(report.step("quantize").metrics.top1_pct, 2),
+        "int8_calibration": report.step("quantize").notes.get("calibration"),
         "drop_pt": round(base.metrics.top1_pct - final.metrics.top1_pct, 2),
         "diverged_and_recovered": sum("diverged" in w for w in warnings),
         "well_above_chance": base.metrics.top1_pct >= chance + 0.5 * (100 - chance),

@@ -4,22 +4,8 @@ QDQ format, per-channel INT8 weights, calibrated on images from the *training* s
 ``quant_pre_process`` (shape inference and graph optimisation). The stage always returns the INT8 model it wrote;
 whether INT8 ships (it may run slower than FP32 on some CPUs) is the pipeline's decision (``compress.deploy``).
 
-``target`` names the CPU the model is built for, and :func:`int8_recipe` turns it into the choices that decide
-which ORT kernels run there:
-
-* **x86_64**: unsigned activations, signed weights (U8S8). ORT's fast INT8 conv/GEMM kernels take that pair
-  (``VPMADDUBSW``/VNNI); with S8S8 the same MobileNetV3-small ran about 4× slower than FP32 on an AVX-512 VNNI
-  CPU. Depthwise channels are padded to 16 and the stem to 4 input channels (:mod:`compress.rewrites`). 8-bit
-  weights assume a VNNI-class device (Ice Lake, Zen 4, Alder Lake-N or newer), as edge x86 boards are today.
-* **arm64**: signed activations and weights (S8S8), ORT's default on ARM64, where both run on the dot-product
-  kernels. Weights are symmetric (MLAS's fast "symmetric" conv kernels need that), activations keep a zero point:
-  those kernels fold it into the bias, and on the main job's model symmetric activations cost 0.23 more points
-  (89.70% against 89.93% on an emulated Cortex-A76, full test split). Depthwise channels are padded to 8 (NEON).
-  On an x86-64 CPU without VNNI its accuracy measures too low (saturating S8S8 kernels); the stage says so.
-* **host**: whichever of the two this machine is. On an x86-64 CPU without VNNI, weights also use ``reduce_range``
-  (7 bits): its 16-bit intermediate sums can saturate otherwise, as ORT's docs warn. On an x86-64 host the step
-  also builds the other weight width and keeps whichever gets more held-out training images right
-  (:mod:`compress.weight_bits`; ``weight_bits`` 8 or 7 fixes the width instead).
+``target`` names the CPU the model is built for; :func:`compress.targets.int8_recipe` turns it into the choices
+that decide which ORT kernels run there (U8S8 on x86-64, S8S8 on arm64, depthwise padding, 7-bit weights).
 
 ``kernel_rewrites`` keep ORT on its fast kernels (:mod:`compress.rewrites`): padding is exact, the hardsigmoid clip
 coarsens some INT8 grids slightly, so the rewritten model is compared with the plain one (same calibration ranges)
@@ -39,6 +25,7 @@ from compress.errors import CompressError
 from compress.host import host_arch
 from compress.measure import SPEED_CHECK_RUNS
 from compress.ort_output import quantizer_output_to_log
+from compress.targets import ACTIVATION_TYPES, TARGETS, Int8Recipe, int8_recipe  # noqa: F401 (API too)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,8 +33,6 @@ if TYPE_CHECKING:
     from compress.core import Context
 
 CALIBRATIONS = ("minmax", "entropy", "percentile")
-ACTIVATION_TYPES = ("auto", "uint8", "int8")
-TARGETS = ("host", "x86_64", "arm64")
 IF_SLOWER = ("warn", "fallback")
 WEIGHT_BITS = (None, 8, 7)
 REWRITE_CHECK_IMAGES = 256  # calibration images the rewritten model is compared on (spread over the set)
@@ -56,57 +41,6 @@ REWRITE_CHECK_IMAGES = 256  # calibration images the rewritten model is compared
 # accurate: many borderline images) agreed on 95-98 %, about as two plain INT8 calibrations of one model do (97.7-
 # 98.4 %). A wrong clip bound or scale shifts every hardswish after it and scrambles far more than 10 %.
 MIN_AGREEMENT_PCT = 90.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class Int8Recipe:
-    """The INT8 choices for one CPU: they decide which ORT kernels run there (module docstring)."""
-
-    target: str  # x86_64 | arm64 (or this machine's name when it is neither)
-    activation_type: str  # uint8 (U8S8) | int8 (S8S8)
-    weight_type: str = "int8"
-    reduce_range: bool = False  # 7-bit weights against 16-bit saturation on x86-64 without VNNI
-    depthwise_multiple: int  # depthwise channels padded to this SIMD multiple
-    pad_stem: bool  # stem input padded from 3 to 4 channels (MLAS's x86-64 symmetric conv kernel)
-    why: str
-
-    symmetric_activations: bool = False  # zero point 0 (ORT's ActivationSymmetric); every recipe keeps a zero point
-
-
-def int8_recipe(target: str = "host", activation_type: str = "auto") -> Int8Recipe:
-    """The INT8 recipe for ``target`` (``host | x86_64 | arm64``); ``activation_type`` overrides its activations.
-
-    >>> int8_recipe("arm64").activation_type
-    'int8'
-    """
-    import platform
-
-    from compress.host import has_vnni, is_x86
-
-    if target not in TARGETS:
-        raise CompressError(f"unknown INT8 target {target!r}: choose one of {', '.join(TARGETS)}")
-    machine = platform.machine().lower()
-    if target == "x86_64" or (target == "host" and is_x86()):
-        slow_host = target == "host" and not has_vnni()
-        recipe = Int8Recipe(
-            target="x86_64", activation_type="uint8", reduce_range=slow_host, depthwise_multiple=16, pad_stem=True,
-            why=("U8S8 with 7-bit weights (reduce_range): this x86-64 CPU has no VNNI, and its 16-bit intermediate "
-                 "sums can saturate otherwise" if slow_host else
-                 "U8S8: ORT's fast x86-64 INT8 kernels take unsigned activations; 8-bit weights assume a VNNI-class "
-                 "CPU") + "; depthwise channels padded to 16 and the stem to 4 channels for MLAS's symmetric kernels")
-    else:
-        name = "arm64" if target == "arm64" or machine in ("aarch64", "arm64") else machine
-        recipe = Int8Recipe(
-            target=name, activation_type="int8", depthwise_multiple=8, pad_stem=False,
-            why=f"S8S8: {name} runs signed INT8 on its dot-product kernels (activations with a zero point, weights "
-                "symmetric); depthwise channels padded to 8 (NEON); the stem keeps 3 channels (the 4-channel kernel "
-                "is x86-64's)")
-    if activation_type not in ACTIVATION_TYPES:
-        raise CompressError(f"unknown activation_type {activation_type!r}: choose one of {', '.join(ACTIVATION_TYPES)}")
-    if activation_type == "auto":
-        return recipe
-    return replace(recipe, activation_type=activation_type, reduce_range=False,
-                   why=f"{activation_type} activations as requested (activation_type); otherwise {recipe.why}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,8 +89,6 @@ class Quantize:
             raise CompressError(f"max_drop_pt must be 0 or more (top-1 points), got {self.max_drop_pt}")
 
     def __call__(self, model: OnnxModel, ctx: "Context") -> OnnxModel:
-        import numpy as np
-
         from compress.checkpoint import atomic_write
 
         self.check()
@@ -176,18 +108,16 @@ class Quantize:
             atomic_write(path, lambda tmp: self._write(model.path, tmp, calib, recipe, temps, notes, ctx))
             if self.weight_bits is None and self.target == "host" and recipe.target == "x86_64":
                 recipe = self._choose_weight_bits(model.path, path, calib, recipe, temps, notes, ctx)
-            if self.kernel_rewrites:
-                spread = np.linspace(0, len(calib) - 1, min(REWRITE_CHECK_IMAGES, len(calib))).astype(int)
-                self._compare(temps["plain"], path, calib[spread], notes, ctx)
+            self._compare(temps["plain"], path, calib, notes, ctx)
             if self.max_drop_pt is not None:
-                notes["mixed_precision"] = self._mixed(model.path, path, calib, recipe, temps, ctx)
+                notes["mixed_precision"] = self._mixed(model.path, path, calib, recipe, temps, notes, ctx)
         finally:
             for p in temps.values():
                 p.unlink(missing_ok=True)
         self._off_target(recipe, ctx)
         ctx.note(self.name, target=self.target, recipe=asdict(recipe), activation_type=recipe.activation_type,
                  weight_type=recipe.weight_type, reduce_range=recipe.reduce_range, activation_type_reason=recipe.why,
-                 calibration_images=len(calib), calibration_split="train", **notes)
+                 calibration_images=len(calib), calibration_split="train", **{"calibration": self.calibration} | notes)
         return OnnxModel(path, foreign=recipe.target != host_arch())
 
     def calibration_count(self, train_images: int, input_size: int) -> int:
@@ -232,17 +162,48 @@ class Quantize:
             other, why=f"{other.why}; {record['outcome']}")
 
     def _mixed(self, fp32: Path, int8: Path, calib: "np.ndarray", recipe: Int8Recipe, temps: dict[str, Path],
-               ctx: "Context") -> dict:
-        """Keep the most harmful nodes in FP32 while INT8 misses ``max_drop_pt`` (:mod:`compress.mixed`)."""
-        import tempfile
-
-        from compress import mixed
+               notes: dict, ctx: "Context") -> dict:
+        """While INT8 misses ``max_drop_pt``: minmax ranges get a second try from percentile ranges, then the most
+        harmful nodes stay in FP32 (:mod:`compress.mixed`)."""
         from compress.calibration import held_out_images
-        from compress.measure import compare_speed, onnx_call
 
         held = held_out_images(ctx.data, len(calib), ctx.seed)
         if len(held[1]) == 0:
             return {"outcome": "not tried: every training image calibrates, none is left to check accuracy on"}
+        stage, tried = self._second_calibration(fp32, int8, calib, recipe, temps, held, notes, ctx)
+        return stage._search(fp32, int8, calib, recipe, temps, held, ctx) | ({"calibration": tried} if tried else {})
+
+    def _second_calibration(self, fp32: Path, int8: Path, calib: "np.ndarray", recipe: Int8Recipe,
+                            temps: dict[str, Path], held: tuple, notes: dict, ctx: "Context") -> tuple["Quantize", dict | None]:
+        """The stage that goes on (this one, or one with percentile ranges if they got more held-out images right:
+        :func:`compress.mixed.second_calibration`) and the record of the try (None: not tried)."""
+        import tempfile
+
+        from compress import mixed
+
+        if self.calibration != "minmax":
+            return self, None
+        other, theirs = replace(self, calibration=mixed.SECOND_CALIBRATION), {}
+        with tempfile.TemporaryDirectory(dir=int8.parent) as work:
+            tried = mixed.second_calibration(fp32, int8, held, self.max_drop_pt, threads=ctx.threads, work=Path(work),
+                                             build=lambda out: other._write(fp32, out, calib, recipe, temps, theirs, ctx))
+        if tried is None:
+            return self, None
+        if tried["chosen"] != other.calibration:
+            temps["plain"].unlink(missing_ok=True)  # the percentile model's: the search rebuilds minmax's
+            return self, tried
+        notes.update(theirs, calibration=other.calibration)
+        other._compare(temps["plain"], int8, calib, notes, ctx)
+        return other, tried
+
+    def _search(self, fp32: Path, int8: Path, calib: "np.ndarray", recipe: Int8Recipe, temps: dict[str, Path],
+                held: tuple, ctx: "Context") -> dict:
+        """Keep the most harmful nodes in FP32 while INT8 misses ``max_drop_pt`` (:func:`compress.mixed.search`)."""
+        import tempfile
+
+        from compress import mixed
+        from compress.measure import compare_speed, onnx_call
+
         if not temps["plain"].is_file():  # kernel_rewrites off: the QDQ model with the FP32 model's tensor names
             self._quantize_static(temps["pre"], temps["plain"], calib, recipe)
         harm, x = mixed.node_harm(temps["pre"], temps["plain"], held[0]), held[0][:1]
@@ -334,14 +295,18 @@ class Quantize:
             raise CompressError(f"{self.calibration} calibration failed: a tensor's values span too narrow a range "
                                 "for ORT's histogram (an untrained model?); use --calibration minmax") from None
 
-    def _compare(self, plain: Path, rewritten: Path, x: "np.ndarray", notes: dict, ctx: "Context") -> None:
-        """Top-1 agreement and largest logit difference of the rewritten and the plain INT8 model on ``x``."""
+    def _compare(self, plain: Path, rewritten: Path, calib: "np.ndarray", notes: dict, ctx: "Context") -> None:
+        """With ``kernel_rewrites``: top-1 agreement and largest logit difference of the rewritten and the plain
+        INT8 model on up to :data:`REWRITE_CHECK_IMAGES` calibration images, spread over the set."""
         import time
 
         import numpy as np
 
         from compress.core import run_onnx, session
 
+        if not self.kernel_rewrites:
+            return
+        x = calib[np.linspace(0, len(calib) - 1, min(REWRITE_CHECK_IMAGES, len(calib))).astype(int)]
         t = time.perf_counter()
         a, b = run_onnx(session(plain, ctx.threads), x), run_onnx(session(rewritten, ctx.threads), x)
         agree = top1_agreement_pct(a, b)

@@ -338,10 +338,20 @@ def mixed_precision(report: "RunReport") -> tuple[str, list[list[str]]] | None:
     text = (f"Mixed precision under a {record['budget_pt']:g}-point budget (what --max-drop left for INT8), judged on "
             f"{record['held_out_images']:,} held-out training images: FP32 {record['fp32_top1_pct']:.2f}%, plain INT8 "
             f"{record['plain_int8_top1_pct']:.2f}%, shipped INT8 {record['int8_top1_pct']:.2f}%. "
-            + (f"Tried: {tried}. " if tried else "") + record["outcome"][0].upper() + record["outcome"][1:] + ".")
+            + _second_calibration(record.get("calibration")) + (f"Tried: {tried}. " if tried else "")
+            + record["outcome"][0].upper() + record["outcome"][1:] + ".")
     rows = [[r["node"], r["op"], f"{r['sqnr_db']:.1f}", f"{r['harm_db']:.2f}", "yes" if r["node"] in kept else ""]
             for r in record["worst_nodes"]]
     return text, rows
+
+
+def _second_calibration(record: dict | None) -> str:
+    """The sentence on :func:`compress.mixed.second_calibration`'s try ("" when minmax met the budget)."""
+    if not record:
+        return ""
+    theirs = record.get("percentile_top1_pct")
+    return (f"Minmax ranges missed the budget there ({record['minmax_top1_pct']:.2f}%)"
+            + (f", percentile ranges got {theirs:.2f}%" if theirs is not None else "") + f": {record['outcome']}. ")
 
 
 ENERGY_BATCH_HEADERS = ["batch", "deployed", "baseline FP32 ONNX", "baseline eager", "deployed vs baseline ONNX",

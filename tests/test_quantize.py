@@ -360,7 +360,8 @@ def test_max_drop_pt_keeps_the_most_harmful_nodes_in_fp32_until_int8_is_within_i
     # Execute
     with context(tmp_path) as ctx:
         int8 = Quantize(calibration_size=256, max_drop_pt=budget, speed_check_runs=0)(fp32, ctx)
-        record = ctx.notes["quantize"]["mixed_precision"]
+        notes = ctx.notes["quantize"]
+        record = notes["mixed_precision"]
 
     # Assert: the record's numbers are the files', the ten worst nodes are shown, and kept nodes are float
     x, y = held_out_images(fmnist_subset(), 256, 0)
@@ -371,6 +372,12 @@ def test_max_drop_pt_keeps_the_most_harmful_nodes_in_fp32_until_int8_is_within_i
     m = _graph(int8.path)
     assert all(_weights_float(m, name) in (True, None) for name in record["kept_fp32"])
     assert not any(_weights_float(m, r["node"]) for r in record["worst_nodes"] if r["node"] not in record["kept_fp32"])
+    tried = record.get("calibration")  # minmax that misses the budget gets a second try from percentile ranges
+    if tried:
+        assert record["fp32_top1_pct"] - tried["minmax_top1_pct"] > budget and notes["calibration"] == tried["chosen"]
+        assert record["plain_int8_top1_pct"] == max(tried["minmax_top1_pct"], tried.get("percentile_top1_pct", 0))
+    else:
+        assert notes["calibration"] == "minmax" and record["fp32_top1_pct"] - record["plain_int8_top1_pct"] <= budget
     drop = record["fp32_top1_pct"] - record["int8_top1_pct"]
     if budget == 100.0 or not record["attempts"]:
         assert record["kept_fp32"] == [] and record["attempts"] == [] and "nothing kept" in record["outcome"]
@@ -380,6 +387,45 @@ def test_max_drop_pt_keeps_the_most_harmful_nodes_in_fp32_until_int8_is_within_i
         assert set([r["node"] for r in record["worst_nodes"] if r["harm_db"] > 0][:k]) <= set(record["kept_fp32"])
     else:
         assert "plain INT8 model stays" in record["outcome"] and drop > budget
+
+
+def test_a_second_calibration_ships_only_if_it_gets_more_held_out_images_right(fp32, tmp_path):
+    """mixed.second_calibration, given a budget no INT8 model can meet so that it always tries: the model that
+    gets more held-out images right is the one left in place, and a percentile build that fails leaves minmax."""
+    import shutil
+
+    from compress.calibration import held_out_images
+    from compress.core import sha256_file
+    from compress.mixed import second_calibration, top1_pct
+
+    with context(tmp_path / "minmax") as ctx:
+        minmax = Quantize(calibration_size=256, speed_check_runs=0)(fp32, ctx).path
+    with context(tmp_path / "percentile") as ctx:
+        percentile = Quantize(calibration="percentile", calibration_size=256, speed_check_runs=0)(fp32, ctx).path
+    held = held_out_images(fmnist_subset(), 256, 0)
+    scores = {name: top1_pct(path, *held, 1) for name, path in [("minmax", minmax), ("percentile", percentile)]}
+
+    # Execute
+    int8 = tmp_path / "int8.onnx"
+    shutil.copy(minmax, int8)
+    record = second_calibration(fp32.path, int8, held, -100.0, build=lambda out: shutil.copy(percentile, out),
+                                threads=1, work=tmp_path)
+    kept = sha256_file(int8)
+    shutil.copy(minmax, int8)
+
+    def fails(out):
+        raise CompressError("percentile calibration failed: too narrow")
+
+    failed = second_calibration(fp32.path, int8, held, -100.0, build=fails, threads=1, work=tmp_path)
+
+    # Assert
+    assert record["minmax_top1_pct"] == round(scores["minmax"], 2)
+    assert record["percentile_top1_pct"] == round(scores["percentile"], 2)
+    assert record["chosen"] == ("percentile" if scores["percentile"] > scores["minmax"] else "minmax")
+    assert kept == sha256_file({"minmax": minmax, "percentile": percentile}[record["chosen"]])
+    assert failed["chosen"] == "minmax" and "too narrow" in failed["outcome"]
+    assert sha256_file(int8) == sha256_file(minmax)  # the failed try left the minmax model
+    assert second_calibration(fp32.path, int8, held, 100.0, build=fails, threads=1, work=tmp_path) is None
 
 
 def test_max_drop_pt_must_not_be_negative(fp32, tmp_path):

@@ -173,3 +173,26 @@ def test_a_cached_baseline_reports_its_original_training(report):
 
     assert carbon_break_even(report)["baseline_training_co2_g"] == 0.5
     assert table_rows(report)[0][-2] == "cached"
+
+
+def test_the_mixed_precision_sentence_names_both_calibrations_when_minmax_missed_the_budget(report):
+    from compress.render import mixed_precision
+
+    record = {"budget_pt": 1.0, "held_out_images": 316, "fp32_top1_pct": 99.68, "plain_int8_top1_pct": 97.15,
+              "int8_top1_pct": 99.05, "worst_nodes": [{"node": "Mul_12", "op": "Mul", "sqnr_db": -3.6, "harm_db": 21.4}],
+              "attempts": [{"harmful_nodes": 1, "kept_fp32": 2, "top1_pct": 99.05, "drop_pt": 0.63}],
+              "kept_fp32": ["Mul_12", "Conv_13"], "outcome": "the 1 most harmful node(s) and their readers (2 nodes) "
+                                                             "kept in FP32: INT8 within the budget on held-out images",
+              "calibration": {"held_out_images": 316, "fp32_top1_pct": 99.68, "minmax_top1_pct": 81.33,
+                              "percentile_top1_pct": 97.15, "chosen": "percentile",
+                              "outcome": "more held-out images right, so the INT8 model uses them"}}
+    report.step("quantize").notes["mixed_precision"] = record
+
+    text, rows = mixed_precision(report)
+
+    assert ("plain INT8 97.15%, shipped INT8 99.05%. Minmax ranges missed the budget there (81.33%), percentile "
+            "ranges got 97.15%: more held-out images right, so the INT8 model uses them. Tried: 2 node(s) FP32 → "
+            "+0.63 pt. The 1 most harmful") in text
+    assert rows == [["Mul_12", "Mul", "-3.6", "21.40", "yes"]]
+    del record["calibration"]
+    assert "Minmax" not in mixed_precision(report)[0]
