@@ -3,11 +3,14 @@
 Used by :class:`compress.quantize.Quantize` when it has a budget (``max_drop_pt``; the pipeline gives it what is
 left of ``--max-drop`` after the earlier steps):
 
-0. **Calibration.** With minmax ranges (the default), INT8 that misses the budget on held-out training images is
-   built again from percentile ranges (:data:`SECOND_CALIBRATION`: ORT clips each tensor's range at the 99.999th
-   percentile of its histogram, so a few outliers no longer stretch it), and whichever model gets more of those
-   images right goes on (a tie keeps minmax). On a from-scratch EfficientNet-B0 (photos, 64 px) whose logits span
-   about 243, minmax INT8 got 59.85% of 396 test photos right and percentile 70.71%, against FP32's 78.28%.
+0. **Calibration.** With minmax ranges (the default), INT8 that gets fewer held-out training images right than
+   FP32 is built again from percentile ranges (:data:`SECOND_CALIBRATION`: ORT clips each tensor's range at the
+   99.999th percentile of its histogram, so a few outliers no longer stretch it), and whichever model gets more of
+   those images right goes on (on a tie, the one whose logits are closer to FP32's). Any loss triggers it, not just
+   a missed budget: the held-out images were trained on, so INT8 loses less there than on new images (EfficientNet-B0
+   on 500 Fashion-MNIST images: 97 → 94% held out, 86.50 → 80.94% on the test split, and 86.12% with percentile
+   ranges). On a from-scratch EfficientNet-B0 on photos, minmax INT8 got 59.85% of 396 test photos right and
+   percentile 70.71%, against FP32's 78.28%.
 1. **Sensitivity.** ONNX Runtime's ``qdq_loss_debug`` records every activation of the FP32 model and of the plain
    QDQ model (Q/DQ arithmetic as written, no fused kernels) on :data:`SENSITIVITY_IMAGES` held-out training
    images. A tensor's fidelity is its signal-to-quantisation-noise ratio (SQNR, dB) against the FP32 model's; a
@@ -89,32 +92,44 @@ def top1_pct(path: Path, x: "np.ndarray", y: "np.ndarray", threads: int) -> floa
     return 100.0 * float((run_onnx(session(path, threads), x).argmax(1) == y).mean())
 
 
-def second_calibration(fp32: Path, int8: Path, held: tuple["np.ndarray", "np.ndarray"], budget_pt: float, *,
+def second_calibration(fp32: Path, int8: Path, held: tuple["np.ndarray", "np.ndarray"], *,
                        build: Callable[[Path], None], threads: int, work: Path) -> dict | None:
     """Step 0 of the module docstring: ``int8`` is the minmax model, ``build(out)`` writes the percentile one. None
-    when minmax INT8 is within ``budget_pt`` of FP32 on ``held`` (nothing tried); else the record of the try, and
-    ``int8`` holds the model it chose."""
+    when minmax INT8 gets as many of ``held`` right as FP32 (nothing tried); else the record of the try, and
+    ``int8`` holds the model it chose: more images right, and on a tie the logits closer to FP32's (SQNR)."""
     import shutil
     import time
 
+    from onnxruntime.quantization.qdq_loss_debug import compute_signal_to_quantization_noice_ratio as sqnr
+
+    from compress.core import run_onnx, session
     from compress.errors import CompressError
 
     x, y = held
-    fp32_top1, minmax_top1 = top1_pct(fp32, x, y, threads), top1_pct(int8, x, y, threads)
-    if fp32_top1 - minmax_top1 <= budget_pt:
+
+    def scores(path: Path) -> tuple[float, "np.ndarray"]:
+        logits = run_onnx(session(path, threads), x)
+        return 100.0 * float((logits.argmax(1) == y).mean()), logits
+
+    (fp32_top1, ref), (minmax_top1, minmax) = scores(fp32), scores(int8)
+    if minmax_top1 >= fp32_top1:
         return None
-    record = {"held_out_images": len(y), "fp32_top1_pct": round(fp32_top1, 2), "minmax_top1_pct": round(minmax_top1, 2)}
+    record = {"held_out_images": len(y), "fp32_top1_pct": round(fp32_top1, 2), "minmax_top1_pct": round(minmax_top1, 2),
+              "minmax_logit_sqnr_db": round(float(sqnr(ref, minmax)), 2)}
     out, t = work / f"{SECOND_CALIBRATION}.onnx", time.perf_counter()
     try:
         build(out)
     except CompressError as e:  # ORT's histogram on a near-constant tensor: minmax stays
         return record | {"chosen": "minmax", "outcome": f"{SECOND_CALIBRATION} calibration failed ({e}): minmax stays"}
-    theirs = top1_pct(out, x, y, threads)
-    record |= {f"{SECOND_CALIBRATION}_top1_pct": round(theirs, 2), "seconds": round(time.perf_counter() - t, 1)}
-    if theirs <= minmax_top1:
+    theirs_top1, theirs = scores(out)
+    record |= {f"{SECOND_CALIBRATION}_top1_pct": round(theirs_top1, 2),
+               f"{SECOND_CALIBRATION}_logit_sqnr_db": round(float(sqnr(ref, theirs)), 2),
+               "seconds": round(time.perf_counter() - t, 1)}
+    if (theirs_top1, record[f"{SECOND_CALIBRATION}_logit_sqnr_db"]) <= (minmax_top1, record["minmax_logit_sqnr_db"]):
         return record | {"chosen": "minmax", "outcome": "no more held-out images right, so minmax stays"}
     shutil.move(out, int8)
-    return record | {"chosen": SECOND_CALIBRATION, "outcome": "more held-out images right, so the INT8 model uses them"}
+    return record | {"chosen": SECOND_CALIBRATION, "outcome": "more held-out images right (or as many, with logits "
+                                                             "closer to FP32's), so the INT8 model uses them"}
 
 
 def search(fp32: Path, int8: Path, harm: list[dict], held: tuple["np.ndarray", "np.ndarray"], budget_pt: float, *,

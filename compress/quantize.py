@@ -163,8 +163,8 @@ class Quantize:
 
     def _mixed(self, fp32: Path, int8: Path, calib: "np.ndarray", recipe: Int8Recipe, temps: dict[str, Path],
                notes: dict, ctx: "Context") -> dict:
-        """While INT8 misses ``max_drop_pt``: minmax ranges get a second try from percentile ranges, then the most
-        harmful nodes stay in FP32 (:mod:`compress.mixed`)."""
+        """Minmax INT8 that loses held-out images gets a second try from percentile ranges, then the most harmful
+        nodes stay in FP32 while INT8 misses ``max_drop_pt`` (:mod:`compress.mixed`)."""
         from compress.calibration import held_out_images
 
         held = held_out_images(ctx.data, len(calib), ctx.seed)
@@ -185,7 +185,7 @@ class Quantize:
             return self, None
         other, theirs = replace(self, calibration=mixed.SECOND_CALIBRATION), {}
         with tempfile.TemporaryDirectory(dir=int8.parent) as work:
-            tried = mixed.second_calibration(fp32, int8, held, self.max_drop_pt, threads=ctx.threads, work=Path(work),
+            tried = mixed.second_calibration(fp32, int8, held, threads=ctx.threads, work=Path(work),
                                              build=lambda out: other._write(fp32, out, calib, recipe, temps, theirs, ctx))
         if tried is None:
             return self, None

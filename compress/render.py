@@ -346,12 +346,12 @@ def mixed_precision(report: "RunReport") -> tuple[str, list[list[str]]] | None:
 
 
 def _second_calibration(record: dict | None) -> str:
-    """The sentence on :func:`compress.mixed.second_calibration`'s try ("" when minmax met the budget)."""
+    """The sentence on :func:`compress.mixed.second_calibration`'s try ("" when minmax INT8 lost nothing there)."""
     if not record:
         return ""
     theirs = record.get("percentile_top1_pct")
-    return (f"Minmax ranges missed the budget there ({record['minmax_top1_pct']:.2f}%)"
-            + (f", percentile ranges got {theirs:.2f}%" if theirs is not None else "") + f": {record['outcome']}. ")
+    return (f"INT8 from minmax ranges got {record['minmax_top1_pct']:.2f}% there"
+            + (f", from percentile ranges {theirs:.2f}%" if theirs is not None else "") + f": {record['outcome']}. ")
 
 
 ENERGY_BATCH_HEADERS = ["batch", "deployed", "baseline FP32 ONNX", "baseline eager", "deployed vs baseline ONNX",

@@ -139,7 +139,9 @@ def test_a_second_run_reuses_the_cached_baseline_and_a_budget_deploys_the_most_c
     first = RunReport.load(smoke_run)
     base = first.steps[0].metrics.top1_pct
     drops = {s.step: base - s.metrics.top1_pct for s in first.steps if s.kind == "onnx"}
-    budget = max(drops.values()) + 0.01  # everything fits: the smallest (INT8) file is deployed
+    # Everything fits, so the smallest (INT8) file is deployed. The margin covers the INT8 model being rebuilt: under
+    # a budget a fifth of the training images stay out of calibration, and minmax may give way to percentile ranges.
+    budget = max(drops.values()) + 2.0
     out = tmp_path / "budget"
     assert main(["run", "--config", str(SMOKE), "--out", str(out), "--max-drop", str(budget)]) == 0
     err = capsys.readouterr().err  # plain progress lines: stderr is not a terminal here

@@ -175,7 +175,7 @@ def test_a_cached_baseline_reports_its_original_training(report):
     assert table_rows(report)[0][-2] == "cached"
 
 
-def test_the_mixed_precision_sentence_names_both_calibrations_when_minmax_missed_the_budget(report):
+def test_the_mixed_precision_sentence_names_both_calibrations_when_minmax_lost_held_out_images(report):
     from compress.render import mixed_precision
 
     record = {"budget_pt": 1.0, "held_out_images": 316, "fp32_top1_pct": 99.68, "plain_int8_top1_pct": 97.15,
@@ -190,9 +190,9 @@ def test_the_mixed_precision_sentence_names_both_calibrations_when_minmax_missed
 
     text, rows = mixed_precision(report)
 
-    assert ("plain INT8 97.15%, shipped INT8 99.05%. Minmax ranges missed the budget there (81.33%), percentile "
-            "ranges got 97.15%: more held-out images right, so the INT8 model uses them. Tried: 2 node(s) FP32 → "
+    assert ("plain INT8 97.15%, shipped INT8 99.05%. INT8 from minmax ranges got 81.33% there, from percentile "
+            "ranges 97.15%: more held-out images right, so the INT8 model uses them. Tried: 2 node(s) FP32 → "
             "+0.63 pt. The 1 most harmful") in text
     assert rows == [["Mul_12", "Mul", "-3.6", "21.40", "yes"]]
     del record["calibration"]
-    assert "Minmax" not in mixed_precision(report)[0]
+    assert "minmax" not in mixed_precision(report)[0]
