@@ -43,6 +43,7 @@ class Finetune:
     distill: bool | None = None  # distil from the unpruned baseline; None: on SMALL_DATA training images or more
     temperature: float = 4.0
     alpha: float = 0.7  # weight of the distillation loss against the hard-label loss
+    attention: float = 0.0  # attention transfer from the baseline when distilling (compress.attention): beta; 0 off
     quant_aware_epochs: int = 4  # with --int8, the last epochs (all, if fewer) train with INT8-rounded activations
     # Transfer learning: the backbone's LR as a fraction of the head's, and BatchNorm statistics frozen. None: as the
     # baseline trained (with_baseline_recipe fills them in), so that recovery keeps the pretrained features the
@@ -65,6 +66,9 @@ class Finetune:
             raise CompressError(f"finetune label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.alpha <= 1 or not self.temperature > 0:
             raise CompressError("finetune alpha must be in [0, 1] and temperature positive")
+        if not self.attention >= 0:
+            raise CompressError(f"finetune attention must be 0 (off) or more, got {self.attention}: it weighs attention "
+                                "transfer (the paper's beta, 1000)")
         if self.quant_aware_epochs < 0:
             raise CompressError(f"finetune quant_aware_epochs must be 0 (off) or more, got {self.quant_aware_epochs}")
         if self.backbone_lr_scale is not None and not 0 < self.backbone_lr_scale <= 1:
@@ -134,6 +138,7 @@ class Finetune:
             why.append(f"label smoothing {smoothing:g}, the baseline's (no teacher's soft targets to smooth them)")
         ctx.note(self.name, recipe=dataclasses.asdict(recipe), recipe_adapted=why, distilled=teacher is not None)
         return fit(model, ctx.data, recipe, seed=ctx.seed + 1, device=ctx.device, teacher=teacher,
-                   distill=Distill(temperature=self.temperature, alpha=self.alpha) if teacher is not None else None,
+                   distill=Distill(temperature=self.temperature, alpha=self.alpha, attention=self.attention)
+                   if teacher is not None else None,
                    on_epoch=ctx.epoch_done, on_batch=ctx.batch_done, checkpoint=ctx.checkpoint(self.name),
                    quant_aware_epochs=self.quant_aware_epochs, on_warning=lambda msg: ctx.warn(self.name, msg))

@@ -165,6 +165,7 @@ class Distill:
 
     temperature: float = 4.0
     alpha: float = 0.7  # weight of the soft (teacher) loss; 1 - alpha goes to the hard labels
+    attention: float = 0.0  # beta of attention transfer (compress.attention; the paper's 1,000); 0: off
 
 
 def optimizer(model, recipe: Recipe, head: list):

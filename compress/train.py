@@ -8,6 +8,7 @@ than NCHW for MobileNetV3 at 32×32), with batch-level augmentation on uint8 ten
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -58,6 +59,7 @@ class _State:
     lr_scale: float = 1.0  # lowered after a divergence
     peak_lr: float = 0.0  # the recipe's peak LR (after an LR range test): a resumed run must use the same
     rounding: Any = None  # quantization-aware rounding modules, once those epochs begin
+    attention: Any = None  # compress.attention.Transfer when distilling with attention transfer
     stop_rounding: Callable[[], None] | None = None
 
     def save(self) -> dict:
@@ -80,7 +82,8 @@ def fit(model: "nn.Module", data: "Dataset", recipe: Recipe, *, seed: int, devic
         on_warning: Callable[[str], None] | None = None) -> "nn.Module":
     """Train a copy of ``model`` and return it in eval mode on the CPU.
 
-    With ``teacher``, the loss is ``alpha·T²·KL(student/T ‖ teacher/T) + (1-alpha)·CE``.
+    With ``teacher``, the loss is ``alpha·T²·KL(student/T ‖ teacher/T) + (1-alpha)·CE``, plus attention transfer
+    (:mod:`compress.attention`) when ``distill.attention`` is above 0.
     The last ``quant_aware_epochs`` epochs (all of them, if more) train under :func:`compress.qat.fake_quant_activations`.
     With ``checkpoint``, the state is saved after every epoch and a matching checkpoint is resumed from, so an
     interrupted run loses at most one epoch. A diverging epoch (a non-finite loss, or a loss that blew up) is rolled
@@ -110,7 +113,12 @@ def fit(model: "nn.Module", data: "Dataset", recipe: Recipe, *, seed: int, devic
     state = _new_state(student, recipe, steps_per_epoch, seed)
     if resuming:
         _resume(state, checkpoint, recipe, steps_per_epoch, seed, quant_aware_epochs, warn)
-    with fast_small_input_depthwise(student):
+    with fast_small_input_depthwise(student), contextlib.ExitStack() as stack:
+        if teacher is not None and distill.attention > 0:
+            from compress.attention import Transfer, stage_names
+
+            names = stage_names(teacher, data.normalize(data.train_x[:1]).to(device))
+            state.attention = stack.enter_context(Transfer(student, teacher, names, distill.attention))
         _train(state, data, recipe, device, teacher, distill, quant_aware_epochs, on_batch, on_epoch, checkpoint, warn)
     if state.stop_rounding is not None:
         state.stop_rounding()
@@ -270,6 +278,8 @@ def _epoch(state: _State, data: "Dataset", recipe: Recipe, device: str, teacher:
             kd = F.kl_div(F.log_softmax(out / T, 1), F.log_softmax(t_out / T, 1),
                           reduction="batchmean", log_target=True) * T * T
             loss = distill.alpha * kd + (1 - distill.alpha) * loss
+            if state.attention is not None:  # the teacher's forward pass above filled its side of the hooks
+                loss = loss + state.attention.loss()
         if not (distributed.all_finite(loss) if world > 1 else torch.isfinite(loss)):
             return {"loss": float("nan"), "train_acc_pct": 0.0, "seconds": time.perf_counter() - t0}
         state.opt.zero_grad(set_to_none=True)

@@ -188,3 +188,36 @@ def test_quant_aware_epochs_are_the_last_ones_and_leave_no_hooks():
     assert [e["quant_aware"] for e in epochs] == [False, True]
     assert not any(m._forward_hooks for m in trained.modules())
     assert not any(m._forward_hooks for m in model.modules())  # the input was never touched
+
+
+def test_attention_transfer_matches_the_stages_pulls_the_student_towards_the_teacher_and_leaves_no_hooks(trained,
+                                                                                                          tmp_path):
+    from compress.attention import Transfer, stage_names
+    from compress.prune import Prune
+    from compress.recipe import Distill
+    from tests.helpers import context
+
+    data = fmnist_subset()
+    x = normalize(data.test_x[:64])
+    names = stage_names(trained, x[:1])
+    with context(tmp_path) as ctx:
+        student = Prune(ratio=0.5)(trained, ctx)
+
+    def attention_loss(net: nn.Module) -> float:
+        with Transfer(net, trained, names, beta=1000.0) as transfer, torch.no_grad():
+            net.eval()(x), trained(x)
+            return float(transfer.loss())
+
+    # Execute
+    before = attention_loss(student)
+    small = dataclasses.replace(data, train_x=data.train_x[:640], train_y=data.train_y[:640])
+    recovered = fit(student, small, Recipe(epochs=2, batch_size=64, lr=0.05), seed=0, teacher=trained,
+                    distill=Distill(attention=1000.0))
+
+    # Assert: one stage per spatial size above 1×1 (16, 8, 4 and 2 px at 32 px), the same in the pruned network;
+    # the student moved towards the teacher's attention; no hook left on any network
+    assert names == ["features.0", "features.1", "features.3", "features.8"] == stage_names(student, x[:1])
+    assert attention_loss(copy.deepcopy(trained)) == 0.0
+    assert attention_loss(recovered) < before
+    assert not any(m._forward_hooks for net in (trained, student, recovered) for m in net.modules())
+    assert stage_names(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), x[:1]) == []  # no features: off
