@@ -184,14 +184,15 @@ class Quantize:
         if self.calibration != "minmax":
             return self, None
         other, theirs = replace(self, calibration=mixed.SECOND_CALIBRATION), {}
-        with tempfile.TemporaryDirectory(dir=int8.parent) as work:
+        with tempfile.TemporaryDirectory(dir=int8.parent) as work:  # the try's own plain model and ranges
+            mine = temps | {k: Path(work) / temps[k].name for k in ("plain", "padded", "table")}
             tried = mixed.second_calibration(fp32, int8, held, threads=ctx.threads, work=Path(work),
-                                             build=lambda out: other._write(fp32, out, calib, recipe, temps, theirs, ctx))
-        if tried is None:
-            return self, None
-        if tried["chosen"] != other.calibration:
-            temps["plain"].unlink(missing_ok=True)  # the percentile model's: the search rebuilds minmax's
-            return self, tried
+                                             build=lambda out: other._write(fp32, out, calib, recipe, mine, theirs, ctx))
+            if tried is None or tried["chosen"] != other.calibration:
+                return self, tried  # minmax's plain model and ranges are still in temps
+            for k in ("plain", "table"):
+                if mine[k].is_file():
+                    mine[k].replace(temps[k])
         notes.update(theirs, calibration=other.calibration)
         other._compare(temps["plain"], int8, calib, notes, ctx)
         return other, tried
