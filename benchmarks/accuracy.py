@@ -12,7 +12,7 @@ latencies are batch 1, 1 thread, interleaved in one process. Writes benchmarks/r
 
     python -m benchmarks.accuracy                    # runs the default job first (~7 min with its baseline cached)
     python -m benchmarks.accuracy runs/my-run        # reuse a finished run folder (under 1 min)
-    python -m benchmarks.accuracy --quick            # 6,000 training images, short schedules (~1 min)
+    python -m benchmarks.accuracy --quick            # 6,000 training images, short schedules, one lever (~1 min)
 """
 
 from __future__ import annotations
@@ -52,14 +52,15 @@ def run_main_job(run_dir: Path, quick: bool) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", nargs="?", type=Path, help="a finished compress run folder to reuse (skips training)")
-    p.add_argument("--quick", action="store_true", help="train on 6,000 images with short schedules (~3 min)")
+    p.add_argument("--quick", action="store_true",
+                   help="train on 6,000 images with short schedules, and try one lever of the six (~3 min)")
     p.add_argument("--runs", type=int, default=300, help="interleaved batch-1 runs per variant (default 300)")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
     suffix = "_quick" if a.quick else ""
     env = environment([1])
     run_dir = a.run_dir or run_main_job(a.out / "runs" / f"main{suffix}", a.quick)
-    rows = evaluate(run_dir, runs=a.runs)
+    rows = evaluate(run_dir, runs=a.runs, levers=1 if a.quick else None)
     finish_environment(env)
     fp32 = rows[0]
     table = [[r["variant"], r["recipe"], f"{r['top1_pct']:.2f}", f"{r['top1_pct'] - fp32['top1_pct']:+.2f}",
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def evaluate(run_dir: Path, *, runs: int) -> list[dict]:
+def evaluate(run_dir: Path, *, runs: int, levers: int | None = None) -> list[dict]:
+    """Every variant's row; ``levers`` keeps only the first so many of compress's one-change levers."""
     from compress.config import resolve
     from compress.console import library_output_to
     from compress.core import Context, OnnxModel, run_onnx, session
@@ -101,7 +103,7 @@ def evaluate(run_dir: Path, *, runs: int) -> list[dict]:
         variants.append(("compress_shipped", f"compress INT8 as shipped by the run ({shipped.calibration}, "
                          f"{shipped_images} images)", run_dir / "quantize" / "model.onnx"))
     variants.append(("ort_default", "ORT quantize_static defaults (S8S8, per-tensor, MinMax, no pre-process)", None))
-    levers = [
+    changes = [
         ("no_rewrites", "compress without kernel rewrites", {"kernel_rewrites": False}),
         ("per_tensor", "compress, per-tensor weights", {"per_channel": False}),
         ("entropy", "compress, entropy calibration", {"calibration": "entropy"}),
@@ -109,7 +111,7 @@ def evaluate(run_dir: Path, *, runs: int) -> list[dict]:
         ("calib_128", "compress, 128 calibration images", {"calibration_size": 128}),
         ("calib_2048", "compress, 2,048 calibration images", {"calibration_size": 2048}),
     ]
-    for key, recipe, change in levers:
+    for key, recipe, change in changes[:levers]:
         variants.append((key, recipe, dataclasses.replace(shipped, speed_check_runs=0, **change)))
     x = data.normalize(data.test_x).numpy()
     y = data.test_y.numpy()

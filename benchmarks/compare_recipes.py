@@ -15,7 +15,7 @@ Latency at batch 1 with 1 thread and with all cores (median, p90), throughput at
 all interleaved. Writes benchmarks/results/compare_recipes[_quick].{csv,md,json}.
 
     python -m benchmarks.compare_recipes            # 4 models, ~10 min on 2 cores
-    python -m benchmarks.compare_recipes --quick    # mobilenet_v3_small only, ~1 min
+    python -m benchmarks.compare_recipes --quick    # mobilenet_v3_small only, at 112×112, fewer runs, ~30 s
 """
 
 from __future__ import annotations
@@ -177,11 +177,12 @@ TARGETS = {"pruned vs unpruned (FP32 ONNX)": 2.0, "pruned+INT8 vs FP32 ONNX": 3.
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare_recipes", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="mobilenet_v3_small only, fewer runs (~1 min)")
+    p.add_argument("--quick", action="store_true",
+                   help="mobilenet_v3_small only, at 112×112 unless --size is given, fewer runs (~30 s)")
     p.add_argument("--models", nargs="+", choices=MODELS, help=f"default: all of {', '.join(MODELS)}")
     p.add_argument("--runs", type=int, help="batch-1 runs per variant and thread count (default 100; quick 30); "
-                   "stops after 60 s (quick 15 s) per model and thread count once each variant has 20")
-    p.add_argument("--size", type=int, default=224)
+                   "stops after 60 s (quick 5 s) per model and thread count once each variant has 20")
+    p.add_argument("--size", type=int, help="input size in pixels (default 224; quick 112)")
     p.add_argument("--calibration-size", type=int, help="random calibration images (default 64; quick 16)")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     models = a.models or (MODELS[:1] if a.quick else MODELS)
     runs = a.runs or (30 if a.quick else 100)
     calib = a.calibration_size or (16 if a.quick else 64)
+    a.size = a.size or (112 if a.quick else 224)
     all_threads = os.cpu_count() or 1
     env = environment(sorted({1, all_threads}))
     suffix = "_quick" if a.quick else ""
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 variants = build(name, Path(tmp) / name, size=a.size, calib=calib, log=log)
             log(f"{name}: measuring {len(variants)} variants, {runs} runs each at 1 and {all_threads} threads")
             r = measure(variants, size=a.size, runs=runs, tput_seconds=1.0 if not a.quick else 0.5,
-                        all_threads=all_threads, env=env, max_seconds=60.0 if not a.quick else 15.0)
+                        all_threads=all_threads, env=env, max_seconds=60.0 if not a.quick else 5.0)
             for k, v in r.items():
                 notes = variants[k].get("notes", {})
                 rows.append({"model": name, "variant": k, "description": VARIANTS[k], **v,

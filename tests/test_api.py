@@ -35,8 +35,8 @@ def test_a_python_nn_module_goes_through_every_stage(tmp_path):
                         nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 7))  # 7 outputs: the head gets resized
 
-    report = run_model(net, data="digits", out=tmp_path / "run", train={"epochs": 10},
-                       prune={"ratio": 0.3}, finetune={"epochs": 4, "quant_aware_epochs": 1}, quantize={},
+    report = run_model(net, data="digits", out=tmp_path / "run", train={"epochs": 6},
+                       prune={"ratio": 0.3}, finetune={"epochs": 2, "quant_aware_epochs": 1}, quantize={},
                        measure=QUICK)
 
     _assert_complete(tmp_path / "run", report)
@@ -63,8 +63,8 @@ def test_timm_mobilenetv4_goes_through_every_stage(tmp_path):
     from compress.config import resolve
     from compress.pipeline import run
 
-    cfg = resolve(overrides={"model": "timm:mobilenetv4_conv_small", "data": "digits", "train": {"epochs": 6},
-                             "prune": {"ratio": 0.5}, "finetune": {"epochs": 2, "quant_aware_epochs": 1},
+    cfg = resolve(overrides={"model": "timm:mobilenetv4_conv_small", "data": "digits", "train": {"epochs": 4},
+                             "prune": {"ratio": 0.5}, "finetune": {"epochs": 1, "quant_aware_epochs": 0},
                              "quantize": {}, "measure": QUICK})
 
     report = run(cfg, tmp_path / "run")

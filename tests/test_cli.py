@@ -92,8 +92,10 @@ def test_help_answers_without_heavy_imports():
 
 
 @pytest.mark.slow
-def test_efficientnet_on_a_folder_of_photos(tmp_path):
-    """The real-world case: a user's image folder (train/ and val/), EfficientNet (SE + residuals), all stages."""
+def test_a_folder_of_photos_with_train_and_val(tmp_path):
+    """The real-world case: a user's image folder (train/ and val/) from the command line, all stages, on the tiny
+    MobileNetV3 (SE blocks and residuals). EfficientNet-B0 on a folder of photos is the recipe matrix's quick cell
+    (test_benchmarks.py)."""
     import numpy as np
     from PIL import Image
 
@@ -113,7 +115,7 @@ def test_efficientnet_on_a_folder_of_photos(tmp_path):
     # 90 training and 30 test images check the plumbing, not learning: the same run ended recovery at 43% or 70%
     # depending on the thread count (float sums in another order), and a model near chance must not stop it.
     # benchmarks/recipes.py measures learning on folders (its quick cells run in test_benchmarks.py).
-    rc = main(["run", "efficientnet_b0", "--prune", "0.3", "--data", str(tmp_path / "photos"), "--epochs", "2",
+    rc = main(["run", "tiny_mobilenet_v3", "--prune", "0.3", "--data", str(tmp_path / "photos"), "--epochs", "2",
                "--finetune-epochs", "1", "--int8", "--allow-chance", "--config", str(QUICK_MEASURE), "--out", str(out),
                "--quiet"])
 
@@ -137,13 +139,10 @@ def test_a_second_run_reuses_the_cached_baseline_and_a_budget_deploys_the_most_c
     from tests.conftest import SMOKE
 
     first = RunReport.load(smoke_run)
-    base = first.steps[0].metrics.top1_pct
-    drops = {s.step: base - s.metrics.top1_pct for s in first.steps if s.kind == "onnx"}
-    # Everything fits, so the smallest (INT8) file is deployed. The margin covers the INT8 model being rebuilt: under
-    # a budget a fifth of the training images stay out of calibration, and minmax may give way to percentile ranges.
-    budget = max(drops.values()) + 2.0
+    # Everything fits (one recovery epoch loses a few points of a 10-class baseline near 75%, not 50), so the
+    # smallest (INT8) file is deployed.
     out = tmp_path / "budget"
-    assert main(["run", "--config", str(SMOKE), "--out", str(out), "--max-drop", str(budget)]) == 0
+    assert main(["run", "--config", str(SMOKE), "--out", str(out), "--max-drop", "50", "--finetune-epochs", "1"]) == 0
     err = capsys.readouterr().err  # plain progress lines: stderr is not a terminal here
     assert "loading the cached baseline" in err and "training the baseline" not in err  # issue #16.10
     second = RunReport.load(out)

@@ -29,6 +29,24 @@ def test_digits_is_split_stratified():
     assert set(ds.test_y.tolist()) == set(range(10))
 
 
+def test_digits_split_is_cached_and_read_back_without_scikit_learn(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path))
+    first = load_dataset("digits", input_size=16, seed=3)  # splits with scikit-learn and caches the split
+    [cached] = (tmp_path / "data").glob("digits-sklearn*-seed3.npz")
+    code = ("import sys; from compress.data import load_dataset; d = load_dataset('digits', input_size=16, seed=3); "
+            "print(d.fingerprint, 'sklearn' in sys.modules)")
+
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+
+    assert again.stdout.split() == [first.fingerprint, "False"]  # the same split, and scikit-learn never imported
+    cached.write_bytes(b"not an npz")  # a damaged cache file is split again, not trusted
+    assert load_dataset("digits", input_size=16, seed=3).fingerprint == first.fingerprint
+    assert load_dataset("digits", input_size=16, seed=4).fingerprint != first.fingerprint  # the seed is in the key
+
+
 def _folder(root, classes, n=4, size=(20, 24)):
     rng = np.random.default_rng(0)
     for c in classes:

@@ -362,7 +362,7 @@ def test_compress_run_litert_bundles_the_gated_files_with_their_record(tmp_path)
     from compress.pipeline import run
 
     cfg = resolve(overrides={"model": "tiny_mobilenet_v3", "data": "digits", "litert": True, "allow_chance": True,
-                             "train": {"epochs": 3, "batch_size": 64, "lr": 0.1},
+                             "train": {"epochs": 1, "batch_size": 64, "lr": 0.1},
                              "quantize": {"calibration_size": CALIBRATION_IMAGES, "speed_check_runs": 0},
                              "measure": {"warmup_runs": 2, "min_runs": 20, "min_seconds": 0.05,
                                          "throughput_seconds": 0.05}})
