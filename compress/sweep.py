@@ -185,7 +185,9 @@ def _run_trials(todo: list[Trial], sweep_dir: Path, *, ray_address: str | None, 
                   "cache": os.environ.get("COMPRESS_CACHE")} for t in todo]
         tuner = tune.Tuner(
             tune.with_resources(_trial_main, {"cpu": cpus}), param_space={"trial": tune.grid_search(specs)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_dirname_creator=_dirname),
+            # reuse_actors: a trial's Ray worker runs the next trial too, without importing torch and compress again
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_dirname_creator=_dirname,
+                                        reuse_actors=True),
             run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=max_failures),
                                       callbacks=[sweep_report.announcer(tune, say)]))

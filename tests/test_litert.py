@@ -2,9 +2,10 @@
 environment (.venv-litert, tools/litert/setup.sh), run by the real LiteRT interpreter, on x86 and in the emulated
 aarch64 userland of tests/arm_rootfs.py.
 
-The model is tests.helpers.trained_tiny: a real tiny MobileNetV3 (SE blocks, hardswish, depthwise convs) trained
-briefly on a Fashion-MNIST subset; the ONNX INT8 predictions the gate compares with come from compress's own
-Export and Quantize of it.
+One real ``compress run ... --int8 --litert`` on scikit-learn's digits (RUN_CONFIG, once per module) makes the files
+every test reads: its baseline, a real tiny MobileNetV3 (SE blocks, hardswish, depthwise convs), converted in its
+litert/ folder, and its ONNX INT8 model, whose predictions the gate compares with. The converter takes about
+45 s a model here, so the files are converted once and the corrupted-calibration test converts once more.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import pytest
 import torch
 
 from compress.errors import CompressError
-from tests.helpers import context, fmnist_subset, trained_tiny
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -49,43 +49,69 @@ arm_rootfs = _load("arm_rootfs", HERE / "arm_rootfs.py")
 
 # --------------------------------------------------------------------------- fixtures
 
+RUN_CONFIG = {"model": "tiny_mobilenet_v3", "data": "digits", "litert": True, "allow_chance": True,
+              "train": {"epochs": 3, "batch_size": 64, "lr": 0.1},
+              "quantize": {"calibration_size": CALIBRATION_IMAGES, "speed_check_runs": 0},
+              "measure": {"warmup_runs": 2, "min_runs": 20, "min_seconds": 0.05, "throughput_seconds": 0.05}}
+
+
 @pytest.fixture(scope="module")
 def data():
-    return fmnist_subset(1500, 300)
+    """The digits (450 test images), normalised as the pipeline feeds RUN_CONFIG's model."""
+    from compress.data import load_dataset
+    from compress.models import preprocessing
+
+    return load_dataset("digits", input_size=32).with_normalization(*preprocessing(RUN_CONFIG["model"], "none"))
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_tiny(tmp_path_factory.mktemp("trained"))
+def litert_run(tmp_path_factory):
+    """The run folder and report of RUN_CONFIG's run."""
+    from compress.config import resolve
+    from compress.pipeline import run
+
+    out = tmp_path_factory.mktemp("litert-run") / "run"
+    try:
+        return out, run(resolve(overrides=RUN_CONFIG), out)
+    except CompressError as e:
+        pytest.fail(f"LiteRT conversion cannot run: {e}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def trained(litert_run):
+    """The run's baseline: the model its LiteRT files were converted from (the run prunes nothing)."""
+    from compress import checkpoint
+    from compress.models import create_model
+
+    net, _ = create_model(RUN_CONFIG["model"], num_classes=10, weights="none")
+    return checkpoint.restore_model(checkpoint.load(litert_run[0] / "baseline" / "model.pt"), net).eval()
 
 
 @pytest.fixture(scope="module")
 def calib(data):
+    """The training images the run calibrated on (the same count and seed)."""
     from compress.quantize import calibration_images
 
     return calibration_images(data, CALIBRATION_IMAGES, seed=0)
 
 
 @pytest.fixture(scope="module")
-def onnx_int8_predictions(trained, data, tmp_path_factory):
-    """The ONNX INT8 model's top-1 per test image: compress Export, then Quantize, of the same model."""
+def onnx_int8_predictions(litert_run, data):
+    """The run's ONNX INT8 model's top-1 per test image."""
     from compress.core import run_onnx, session
-    from compress.export import Export
-    from compress.quantize import Quantize
 
-    with context(tmp_path_factory.mktemp("onnx"), data=data) as ctx:
-        int8 = Quantize(calibration_size=CALIBRATION_IMAGES, speed_check_runs=0)(Export()(trained, ctx), ctx)
-    return run_onnx(session(int8.path), data.normalize(data.test_x).numpy()).argmax(1)
+    out, report = litert_run
+    return run_onnx(session(out / report.step("quantize").artifact), data.normalize(data.test_x).numpy()).argmax(1)
 
 
 @pytest.fixture(scope="module")
-def converted(trained, data, calib, tmp_path_factory):
-    from compress.litert import convert_litert
+def converted(litert_run):
+    """What the converter wrote into the run's litert/ folder."""
+    from compress.litert import Converted
 
-    try:
-        return convert_litert(trained, tmp_path_factory.mktemp("litert"), input_size=data.input_size, calib=calib)
-    except CompressError as e:
-        pytest.fail(f"LiteRT conversion cannot run: {e}", pytrace=False)
+    work = litert_run[0] / "litert"
+    return Converted(fp32=work / "model.tflite", int8=work / "model_int8.tflite",
+                     report=json.loads((work / "convert.json").read_text()))
 
 
 # --------------------------------------------------------------------------- the files
@@ -162,7 +188,7 @@ def test_gate_ships_int8_when_it_holds_accuracy_and_agrees(converted, trained, d
     assert record["fp32_size_bytes"] == (tmp_path / "edge" / "model.tflite").stat().st_size
     assert record["int8_size_bytes"] == (tmp_path / "edge" / "model_int8.tflite").stat().st_size
     assert record["int8_size_bytes"] < 0.5 * record["fp32_size_bytes"]
-    assert record["test_images"] == len(data.test_y) == 300
+    assert record["test_images"] == len(data.test_y) == 450
     agreement = 100.0 * float((record_predictions(tmp_path / "edge" / "model_int8.tflite", data)
                                == onnx_int8_predictions).mean())
     assert record["int8_agreement_onnx_int8_pct"] == pytest.approx(agreement)
@@ -262,7 +288,7 @@ def test_bad_gate_settings_and_prediction_count_fail_before_converting(tmp_path,
     calib = np.zeros((1, 3, 32, 32), np.float32)
     with pytest.raises(CompressError, match="max_drop_pt must be 0 or more"):
         build_litert(torch.nn.Identity(), data, tmp_path, calib=calib, max_drop_pt=-1.0)
-    with pytest.raises(CompressError, match="ONNX INT8 predictions for 300 test images"):
+    with pytest.raises(CompressError, match="ONNX INT8 predictions for 450 test images"):
         build_litert(torch.nn.Identity(), data, tmp_path, calib=calib, onnx_int8_predictions=np.zeros(5))
 
 
@@ -350,26 +376,16 @@ def test_emulated_aarch64_interpreter_gives_the_same_outputs(precision, converte
 # --------------------------------------------------------------------------- end to end
 
 @pytest.mark.slow
-def test_compress_run_litert_bundles_the_gated_files_with_their_record(tmp_path):
-    """`compress run ... --int8 --litert` (as a config): the bundle gets model.tflite, model_int8.tflite when it
+def test_compress_run_litert_bundles_the_gated_files_with_their_record(litert_run, data):
+    """`compress run ... --int8 --litert` (RUN_CONFIG): the bundle gets model.tflite, model_int8.tflite when it
     passed the gate, their sha256 in the manifest, and the LiteRT record; the FP32 file predicts like the ONNX
     FP32 export."""
-    from compress.config import resolve
     from compress.core import run_onnx, session, sha256_file
-    from compress.data import load_dataset
     from compress.litert import TfliteModel
-    from compress.models import preprocessing
-    from compress.pipeline import run
 
-    cfg = resolve(overrides={"model": "tiny_mobilenet_v3", "data": "digits", "litert": True, "allow_chance": True,
-                             "train": {"epochs": 1, "batch_size": 64, "lr": 0.1},
-                             "quantize": {"calibration_size": CALIBRATION_IMAGES, "speed_check_runs": 0},
-                             "measure": {"warmup_runs": 2, "min_runs": 20, "min_seconds": 0.05,
-                                         "throughput_seconds": 0.05}})
+    out, report = litert_run
 
-    report = run(cfg, tmp_path / "run")
-
-    edge = tmp_path / "run" / "edge"
+    edge = out / "edge"
     manifest = json.loads((edge / "manifest.json").read_text())
     record = manifest["litert"]
     assert isinstance(record, dict) and record["files"][0] == "model.tflite"
@@ -377,9 +393,8 @@ def test_compress_run_litert_bundles_the_gated_files_with_their_record(tmp_path)
         assert manifest["files"][name]["sha256"] == sha256_file(edge / name)
     assert (edge / "model_int8.tflite").is_file() == record["int8_shipped"]
     assert record["test_images"] == report.dataset["test_images"] == 450
-    digits = load_dataset("digits", input_size=32).with_normalization(*preprocessing(cfg.model, cfg.weights))
-    images = digits.normalize(digits.test_x).numpy()
+    images = data.normalize(data.test_x).numpy()
     tflite = TfliteModel(edge / "model.tflite").logits(images).argmax(1)
-    onnx_fp32 = run_onnx(session(tmp_path / "run" / report.step("export").artifact), images).argmax(1)
+    onnx_fp32 = run_onnx(session(out / report.step("export").artifact), images).argmax(1)
     assert (tflite == onnx_fp32).mean() >= 0.99
     assert abs(record["fp32_top1_pct"] - report.step("export").metrics.top1_pct) <= 0.5
