@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-RECIPE = dict(epochs=10, batch_size=64, lr=0.4, adapt=False, head_epochs=0, clip_grad_norm=2.0)
+RECIPE = dict(epochs=7, batch_size=64, lr=0.4, adapt=False, head_epochs=0, clip_grad_norm=2.0)
 
 
 def train(out: Path, seed: int = 0) -> Path:
