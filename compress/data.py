@@ -240,6 +240,7 @@ def _digits_arrays(seed: int):
     d = load_digits()
     images = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
     trx, tex, try_, tey = train_test_split(images, d.target, test_size=0.25, random_state=seed, stratify=d.target)
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to the temporary name
             np.savez(f, trx=trx, try_=try_, tex=tex, tey=tey)
