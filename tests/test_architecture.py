@@ -150,9 +150,9 @@ def test_a_toy_stage_runs_through_the_whole_pipeline(tmp_path):
     from compress.pipeline import run
     from compress.records import RunReport
 
-    # The baseline test_pipeline.py and test_litert.py train too: the session's cache trains it once
-    cfg = resolve(overrides={"model": "tiny_mobilenet_v3", "data": "digits",
-                             "train": {"epochs": 3, "batch_size": 64, "lr": 0.1},
+    from tests.helpers import DIGITS_TRAIN
+
+    cfg = resolve(overrides={"model": "tiny_mobilenet_v3", "data": "digits", "train": DIGITS_TRAIN,
                              "measure": {"min_runs": 20, "min_seconds": 0.05, "throughput_seconds": 0.05,
                                          "warmup_runs": 2}})
     chain = build_chain(cfg)

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from compress.errors import CompressError
+from tests.helpers import DIGITS_TRAIN
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -50,7 +51,7 @@ arm_rootfs = _load("arm_rootfs", HERE / "arm_rootfs.py")
 # --------------------------------------------------------------------------- fixtures
 
 RUN_CONFIG = {"model": "tiny_mobilenet_v3", "data": "digits", "litert": True, "allow_chance": True,
-              "train": {"epochs": 3, "batch_size": 64, "lr": 0.1},
+              "train": DIGITS_TRAIN,
               "quantize": {"calibration_size": CALIBRATION_IMAGES, "speed_check_runs": 0},
               "measure": {"warmup_runs": 2, "min_runs": 20, "min_seconds": 0.05, "throughput_seconds": 0.05}}
 

@@ -15,6 +15,7 @@ from compress.core import sha256_file
 from compress.errors import CompressError
 from compress.pipeline import PROGRESS, REFERENCE, run
 from compress.records import RunReport
+from tests.helpers import DIGITS_TRAIN
 
 TINY_NET = Path(__file__).resolve().parent / "fixtures" / "tiny_net.py"
 QUICK_MEASURE = {"warmup_runs": 2, "min_runs": 20, "min_seconds": 0.05, "throughput_seconds": 0.05}
@@ -134,7 +135,7 @@ def test_max_drop_gives_int8_what_is_left_of_the_budget_and_the_report_shows_its
     """--max-drop with --int8: the quantize stage gets the budget minus what the steps before it lost, searches
     mixed precision with it, and report.md/report.html show the ten most harmful nodes."""
     cfg = resolve(overrides={"model": "tiny_mobilenet_v3", "data": "digits", "max_drop": 0.5, "allow_chance": True,
-                             "train": {"epochs": 3, "batch_size": 64, "lr": 0.1}, "measure": QUICK_MEASURE,
+                             "train": DIGITS_TRAIN, "measure": QUICK_MEASURE,
                              "quantize": {"calibration_size": 64, "speed_check_runs": 0}})
 
     report = run(cfg, tmp_path / "run")

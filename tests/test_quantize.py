@@ -258,8 +258,8 @@ def test_arm64_int8_on_emulated_cortex_a76_on_5000_test_images(fp32, arm64_int8,
         pytest.fail(f"ARM check cannot run: {e}", pytrace=False)
     with context(tmp_path / "host") as ctx:  # calibrated on the same images as arm64_int8
         host_int8 = Quantize(calibration_size=512)(fp32, ctx)
-    full = load_dataset("fashion-mnist", input_size=32, limit_train=512, limit_test=TEST_IMAGES)
-    np.save(tmp_path / "x.npy", full.normalize(full.test_x).numpy())
+    test_set = load_dataset("fashion-mnist", input_size=32, limit_train=512, limit_test=TEST_IMAGES)
+    np.save(tmp_path / "x.npy", test_set.normalize(test_set.test_x).numpy())
     code = ("import sys, numpy as np, onnxruntime as ort; x = np.load(sys.argv[1] + '/x.npy')\n"
             "for i, (p, n) in enumerate(zip(sys.argv[2::2], sys.argv[3::2])):\n"
             "    np.save(f'{sys.argv[1]}/{i}.npy', ort.InferenceSession(p).run(None, {'input': x[:int(n)]})[0])")
@@ -271,19 +271,19 @@ def test_arm64_int8_on_emulated_cortex_a76_on_5000_test_images(fp32, arm64_int8,
 
     # Assert
     assert result.returncode == 0, result.stderr[-2000:]
-    y = full.test_y.numpy()
+    y = test_set.test_y.numpy()
     assert len(y) == TEST_IMAGES
     on_arm = {name: np.load(tmp_path / f"{i}.npy") for i, name in enumerate(("fp32", "int8"))}
     assert len(on_arm["int8"]) == TEST_IMAGES
-    as_written = _logits(arm64_int8[0].path, full, reference=True)
+    as_written = _logits(arm64_int8[0].path, test_set, reference=True)
     top1 = {name: 100 * float((v.argmax(1) == y[:len(v)]).mean()) for name, v in on_arm.items()}
-    host_fp32 = _logits(fp32.path, full)[:fp32_images]
+    host_fp32 = _logits(fp32.path, test_set)[:fp32_images]
     assert top1_agreement_pct(on_arm["fp32"], host_fp32) >= 99.9  # the same FP32 model on both CPUs
     assert np.abs(on_arm["fp32"] - host_fp32).max() < 1e-3 * np.abs(host_fp32).max()
     assert top1_agreement_pct(on_arm["int8"], as_written) >= 99.0
     assert abs(top1["int8"] - 100 * float((as_written.argmax(1) == y).mean())) <= 0.2
     # Host INT8 differs in recipe (U8S8; 7-bit weights on x86 CPUs without VNNI): close, not equal.
-    assert abs(top1["int8"] - _top1(host_int8.path, full)) <= 1.0
+    assert abs(top1["int8"] - _top1(host_int8.path, test_set)) <= 1.0
 
 
 def test_arm64_pads_depthwise_convs_to_8_and_x86_64_to_16(pruned_fp32, tmp_path):
