@@ -20,6 +20,7 @@ from compress.errors import CompressError
 from compress.measure import compare_speed, onnx_call
 from compress.models import create_model
 from compress.records import RunReport
+from compress.render import headline
 from tests.helpers import QUICK, fresh_context, measured_steps, reloaded, report_v1
 
 SPEED_RUNS = 100  # the speed check's batch-1 runs of each model: enough for its interval, quick here
@@ -229,6 +230,9 @@ def test_max_drop_that_no_step_meets_ships_the_most_accurate_with_a_warning(tmp_
     message = ("no step stays within --max-drop 1 pt of the baseline's 49.33%; the bundle holds the most accurate one "
                "(export, 36.44%); try a lower --prune or more --finetune-epochs")
     assert report.step("export").warnings == ctx.warnings["export"] == [message]
+    report.config["max_drop"] = 1
+    assert headline(report).startswith("**export** (deployed): 36.44% top-1 (-12.89 pt vs the baseline)")
+    assert "Deployed under --max-drop 1 pt; quantize reached 36.00%." in headline(report)  # what did not ship
 
 
 def test_a_fallen_back_int8_step_never_ships_under_max_drop(tmp_path):
