@@ -110,13 +110,9 @@ def user_weights_path(weights: str) -> Path:
     return path
 
 
-def load_user_weights(model: "nn.Module", weights: str, num_classes: int) -> str:
-    """Load ``--weights PATH`` into ``model``; returns the init description.
-
-    A compress checkpoint (pruned or not) is restored exactly. A plain state_dict (``torch.save(
-    model.state_dict())`` or a ``.safetensors`` file) whose classifier has another class count loads
-    all other tensors and keeps the fresh classifier; any other mismatch is an error.
-    """
+def read_user_weights(weights: str) -> tuple[Path, dict]:
+    """``--weights PATH`` read safely (``weights_only``, or safetensors) as a dict, or the one-line error. The
+    pipeline calls it before any work too, so that a truncated, foreign or unsafe file fails in seconds."""
     path = user_weights_path(weights)
     from compress import checkpoint
 
@@ -130,11 +126,24 @@ def load_user_weights(model: "nn.Module", weights: str, num_classes: int) -> str
                                 "the file is not a safetensors state_dict") from None
     else:
         state = checkpoint.load(path)
-    if isinstance(state, dict) and "state_dict" in state:
-        checkpoint.load_state_dict(path, model)
-        return f"loaded from {path}"
     if not isinstance(state, dict):
         raise CompressError(f"{path} is not a state_dict checkpoint: save one with torch.save(model.state_dict())")
+    return path, state
+
+
+def load_user_weights(model: "nn.Module", weights: str, num_classes: int) -> str:
+    """Load ``--weights PATH`` into ``model``; returns the init description.
+
+    A compress checkpoint (pruned or not) is restored exactly. A plain state_dict (``torch.save(
+    model.state_dict())`` or a ``.safetensors`` file) whose classifier has another class count loads
+    all other tensors and keeps the fresh classifier; any other mismatch is an error.
+    """
+    from compress import checkpoint
+
+    path, state = read_user_weights(weights)
+    if "state_dict" in state:
+        checkpoint.load_state_dict(path, model)
+        return f"loaded from {path}"
     head = head_layer(model)
     prefix = next((n + "." for n, m in model.named_modules() if m is head), None) if head is not None else None
     ours = model.state_dict()

@@ -8,6 +8,7 @@ ships; the bundle and the reports are written from the records.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from compress.console import library_output_to
 from compress.core import Context, OnnxModel, kind_of, run_onnx, sha256_file
 from compress.data import load_dataset
 from compress.energy import EnergyMeter
+from compress.heads import NAMED_WEIGHTS, read_user_weights
 from compress.host import environment
 from compress.measure import measure
 from compress.models import preprocessing
@@ -53,6 +55,10 @@ def run(cfg: "RunConfig", run_dir: Path, *, progress: Any = None, chain: list | 
     cfg.check()
     chain = build_chain(cfg) if chain is None else chain
     check_chain(chain)
+    if cfg.weights not in NAMED_WEIGHTS:  # a truncated or unsafe file fails now, not once the data set has loaded
+        with warnings.catch_warnings():  # torch's warnings go to compress.log when the baseline loads it again
+            warnings.simplefilter("ignore")
+            read_user_weights(cfg.weights)
     device = resolve_device(cfg.device)
     if distributed.init(device) and not distributed.is_main():  # distributed (#11): ranks > 0 only train
         return _train_only(cfg, Path(run_dir), chain, device=device, model=model, pretrained=pretrained, data=data)
