@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
-SLOW_FIXTURES = {"smoke_run", "edge_bundle"}  # each runs a whole pipeline once per session
+SLOW_FIXTURES = {"smoke_run", "edge_bundle", "unpruned_run"}  # each runs a whole pipeline once per session
 
 
 def pytest_collection_modifyitems(config, items):
@@ -42,6 +42,22 @@ def smoke_run(tmp_path_factory, _isolated_cache) -> Path:
     out = tmp_path_factory.mktemp("smoke") / "run"
     assert main(["run", "--config", str(SMOKE), "--out", str(out), "--quiet"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def unpruned_run(smoke_run, tmp_path_factory) -> dict:
+    """`compress run --config configs/smoke.yaml --prune 0 --json`: the smoke run's cached baseline, exported and
+    quantized. Its folder (named p0_int8) and what the command returned and printed (test_cli, test_compare)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from compress.cli import main
+
+    out = tmp_path_factory.mktemp("unpruned") / "p0_int8"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with redirect_stdout(stdout), redirect_stderr(stderr):
+        code = main(["run", "--config", str(SMOKE), "--out", str(out), "--json", "--prune", "0"])
+    return {"dir": out, "code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
 
 
 @pytest.fixture(scope="session")

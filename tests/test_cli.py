@@ -58,16 +58,14 @@ def test_config_yaml_replays_the_run(smoke_run):
     assert RunReport.load(smoke_run).config == saved  # report.json records the same resolved config
 
 
-def test_json_flag_prints_the_report(smoke_run, tmp_path, capsys):
-    from tests.conftest import SMOKE
-
-    assert main(["run", "--config", str(SMOKE), "--out", str(tmp_path / "j"), "--json", "--prune", "0"]) == 0
-    out = capsys.readouterr()
-    data = json.loads(out.out)
+def test_json_flag_prints_the_report(unpruned_run):
+    assert unpruned_run["code"] == 0
+    data = json.loads(unpruned_run["stdout"])
     assert data["schema_version"] == SCHEMA_VERSION
     assert [s["step"] for s in data["steps"]] == ["baseline", "export", "quantize"]
     assert data["config"]["prune"] is None and data["config"]["finetune"] is None  # --prune 0: nothing to recover
-    assert out.err == ""  # --json is quiet: no progress, no library chatter
+    assert data == json.loads(RunReport.load(unpruned_run["dir"]).to_json())  # what report.json holds
+    assert unpruned_run["stderr"] == ""  # --json is quiet: no progress, no library chatter
 
 
 def test_list_names_models_data_and_stages(capsys):
