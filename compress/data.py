@@ -123,9 +123,7 @@ def load_dataset(name: str, *, input_size: int, seed: int = 0, val_fraction: flo
     >>> ds.classes[:3]
     ['0', '1', '2']
     """
-    if input_size < 16:
-        raise CompressError(f"input size {input_size} is too small: use --input-size 16 or larger "
-                            "(the models downsample by 32; 32 is the default)")
+    _check_input_size(input_size)
     if name == "fashion-mnist":
         (trx, try_), (tex, tey), source = _fashion_mnist_arrays()
         classes = FASHION_MNIST_LABELS
@@ -134,18 +132,36 @@ def load_dataset(name: str, *, input_size: int, seed: int = 0, val_fraction: flo
         classes = [str(i) for i in range(10)]
     elif name == "cifar10":
         (trx, try_), (tex, tey), classes, source = _cifar10_arrays()
-    elif name in ("", None):
-        raise CompressError("no data set given: use --data fashion-mnist|digits|cifar10|PATH")
     else:
-        path = Path(name).expanduser()
-        if not path.exists():
-            raise CompressError(f"data path {str(path)!r} does not exist: give an image folder with one "
-                                f"subfolder per class, or a built-in data set ({', '.join(BUILTIN)})")
-        return _image_folder(path, input_size=input_size, seed=seed, val_fraction=val_fraction,
+        return _image_folder(_folder(name), input_size=input_size, seed=seed, val_fraction=val_fraction,
                              limit_train=limit_train, limit_test=limit_test)
     trx, try_ = _subset(trx, try_, limit_train, seed)
     tex, tey = _subset(tex, tey, limit_test, seed + 1)
     return _make(name, classes, trx, try_, tex, tey, input_size, source)
+
+
+def check_data(name: str, *, input_size: int, seed: int = 0, val_fraction: float = 0.2) -> None:
+    """What :func:`load_dataset` refuses before it decodes an image (the input size, the path, an image folder's
+    layout), checked without torch: the pipeline calls it before any work, so such a mistake fails in a second."""
+    _check_input_size(input_size)
+    if name not in BUILTIN:
+        _folder_split(_folder(name), seed=seed, val_fraction=val_fraction)
+
+
+def _check_input_size(input_size: int) -> None:
+    if input_size < 16:
+        raise CompressError(f"input size {input_size} is too small: use --input-size 16 or larger "
+                            "(the models downsample by 32; 32 is the default)")
+
+
+def _folder(name: str | None) -> Path:
+    if name in ("", None):
+        raise CompressError("no data set given: use --data fashion-mnist|digits|cifar10|PATH")
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise CompressError(f"data path {str(path)!r} does not exist: give an image folder with one "
+                            f"subfolder per class, or a built-in data set ({', '.join(BUILTIN)})")
+    return path
 
 
 def _make(name, classes, trx, try_, tex, tey, input_size, source) -> Dataset:
@@ -269,6 +285,22 @@ def _image_folder(path: Path, *, input_size: int, seed: int, val_fraction: float
     """``path/train/<class>/*`` and ``path/val/<class>/*``, or ``path/<class>/*`` split here (seeded, stratified)."""
     import numpy as np
 
+    tr, te, classes, split = _folder_split(path, seed=seed, val_fraction=val_fraction)
+    if limit_train:
+        tr = tr[:limit_train]
+    if limit_test:
+        te = te[:limit_test]
+    trx = _read_images([f for f, _ in tr], input_size)
+    tex = _read_images([f for f, _ in te], input_size)
+    return _make(path.name, classes, trx, np.array([c for _, c in tr]), tex, np.array([c for _, c in te]),
+                 input_size, split)
+
+
+def _folder_split(path: Path, *, seed: int, val_fraction: float) -> tuple[list, list, list[str], str]:
+    """The (file, class index) pairs of an image folder's training and test splits, its classes and how it was
+    split; one clear error for a folder laid out wrongly. Lists files only: no image is decoded."""
+    import numpy as np
+
     if not path.is_dir():
         raise CompressError(f"data path {str(path)!r} is not a folder: give a folder with one subfolder per class")
     if (path / "train").is_dir():
@@ -301,14 +333,7 @@ def _image_folder(path: Path, *, input_size: int, seed: int, val_fraction: float
             te += [(f, ci) for f in fs[:n_val]]
             tr += [(f, ci) for f in fs[n_val:]]
         split = f"{path} (split {1 - val_fraction:.0%}/{val_fraction:.0%} by compress, seed {seed})"
-    if limit_train:
-        tr = tr[:limit_train]
-    if limit_test:
-        te = te[:limit_test]
-    trx = _read_images([f for f, _ in tr], input_size)
-    tex = _read_images([f for f, _ in te], input_size)
-    return _make(path.name, classes, trx, np.array([c for _, c in tr]), tex, np.array([c for _, c in te]),
-                 input_size, split)
+    return tr, te, classes, split
 
 
 def _class_files(root: Path, min_classes: int = 2) -> tuple[dict[str, list[Path]], list[str]]:

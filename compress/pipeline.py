@@ -20,7 +20,7 @@ from compress.chain import build_chain, check_chain
 from compress.config import advice, dump_yaml
 from compress.console import library_output_to
 from compress.core import Context, OnnxModel, kind_of, run_onnx, sha256_file
-from compress.data import load_dataset
+from compress.data import check_data, load_dataset
 from compress.energy import EnergyMeter
 from compress.heads import NAMED_WEIGHTS, read_user_weights
 from compress.host import environment
@@ -50,11 +50,13 @@ def run(cfg: "RunConfig", run_dir: Path, *, progress: Any = None, chain: list | 
 
     >>> report = run(resolve(overrides={"model": "mobilenet_v3", "quantize": {}}), Path("runs/x"))  # doctest: +SKIP
     """
-    import torch
-
     cfg.check()
     chain = build_chain(cfg) if chain is None else chain
     check_chain(chain)
+    if data is None:  # a mistyped path or a badly laid out folder fails in a second, before torch loads
+        check_data(cfg.data, input_size=cfg.input_size, seed=cfg.seed, val_fraction=cfg.val_fraction)
+    import torch
+
     if cfg.weights not in NAMED_WEIGHTS:  # a truncated or unsafe file fails now, not once the data set has loaded
         with warnings.catch_warnings():  # torch's warnings go to compress.log when the baseline loads it again
             warnings.simplefilter("ignore")

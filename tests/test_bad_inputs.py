@@ -98,10 +98,11 @@ CASES = [
     ("negative-power", lambda t, e, s: RUN + ["--power-watts", "-3"], "power_watts must be positive"),
     ("cuda-without-gpu", lambda t, e, s: RUN + ["--device", "cuda", "--out", str(t / "o")], "no CUDA device"),
     ("weights-missing-file", lambda t, e, s: RUN + ["--weights", str(t / "w.pt"), "--out", str(t / "o")], "not found"),
-    # An empty data folder too: the weights file is read before any work, so its error is the one given
-    ("weights-truncated", lambda t, e, s: (t.joinpath("empty").mkdir(), RUN[:2] + [
-        "--data", str(t / "empty"), "--weights", str(_truncated(s / "baseline" / "model.pt", t / "t.pt")),
-        "--out", str(t / "o")])[1], "truncated or not a torch checkpoint"),
+    # A folder with a corrupt image too: the weights file is read before any image is decoded, so its error is given
+    ("weights-truncated", lambda t, e, s: (_images(t / "c", ["a", "b"]), (t / "c" / "a" / "x.jpg").write_bytes(b"junk"),
+                                           RUN[:2] + ["--data", str(t / "c"), "--weights",
+                                                      str(_truncated(s / "baseline" / "model.pt", t / "t.pt")),
+                                                      "--out", str(t / "o")])[2], "truncated or not a torch checkpoint"),
     ("weights-for-another-model", lambda t, e, s: ["run", "mobilenet_v2", "--data", "digits", "--quiet", "--weights",
                                                    str(s / "baseline" / "model.pt"), "--out", str(t / "o")],
      "does not fit this model"),

@@ -56,6 +56,29 @@ def _folder(root, classes, n=4, size=(20, 24)):
     return root
 
 
+def test_check_data_refuses_a_folder_laid_out_wrongly_without_importing_torch(tmp_path):
+    """What the pipeline checks before any work: the layout and the input size, in a process that never loads torch;
+    a folder that load_dataset reads passes."""
+    import subprocess
+    import sys
+
+    _folder(tmp_path / "one", ["cat"])
+    good = _folder(tmp_path / "two", ["cat", "dog"])
+    code = ("import sys; from compress.data import check_data; from compress.errors import CompressError\n"
+            "for path, size in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+            "    try:\n        check_data(path, input_size=int(size)); print('ok')\n"
+            "    except CompressError as e:\n        print(e)\n"
+            "print('torch' in sys.modules)")
+    argv = [str(tmp_path / "one"), "32", str(tmp_path / "nope"), "32", str(good), "8", str(good), "32", "digits", "32"]
+
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True, timeout=120)
+
+    one, nope, small, ok, builtin, torch_loaded = out.stdout.splitlines()
+    assert "has only one class ('cat')" in one and "does not exist" in nope and "input size 8 is too small" in small
+    assert (ok, builtin, torch_loaded) == ("ok", "ok", "False")
+    assert load_dataset(str(good), input_size=32).classes == ["cat", "dog"]
+
+
 def test_image_folder_is_split_by_the_tool(tmp_path):
     ds = load_dataset(str(_folder(tmp_path / "photos", ["cat", "dog"], n=10)), input_size=32)
     assert ds.classes == ["cat", "dog"] and ds.train_x.shape[1:] == (3, 32, 32)
