@@ -150,12 +150,13 @@ def test_bad_input_gives_one_clear_line(case, tmp_path, edge_bundle, smoke_run):
 
 
 def test_disk_full_is_one_clear_line_and_leaves_no_partial_file(tmp_path):
-    """Simulate a full disk: a file-size limit makes every write past 64 KB fail with EFBIG."""
+    """Simulate a full disk: a file-size limit makes every write past 64 KB fail with EFBIG (here the baseline's
+    checkpoint: `--epochs 0` keeps the random init, so nothing trains before the write)."""
     script = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
               "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); "
               "from compress.cli import main; sys.exit(main(sys.argv[1:]))")
     out = tmp_path / "full"
-    proc = subprocess.run([sys.executable, "-c", script, "run", "tiny_mobilenet_v3", "--data", "digits", "--epochs", "1",
+    proc = subprocess.run([sys.executable, "-c", script, "run", "tiny_mobilenet_v3", "--data", "digits", "--epochs", "0",
                            "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines = proc.stderr.strip().splitlines()
