@@ -140,20 +140,20 @@ def load_user_weights(model: "nn.Module", weights: str, num_classes: int) -> str
     """
     from compress import checkpoint
 
-    path, state = read_user_weights(weights)
-    if "state_dict" in state:
-        checkpoint.load_state_dict(path, model)
-        return f"loaded from {path}"
-    head = head_layer(model)
-    prefix = next((n + "." for n, m in model.named_modules() if m is head), None) if head is not None else None
-    ours = model.state_dict()
-    dropped = [k for k, v in state.items() if prefix and k.startswith(prefix) and k in ours
-               and getattr(v, "shape", None) != ours[k].shape]
-    if dropped:
-        state = {k: v for k, v in state.items() if k not in dropped}
-        state.update({k: ours[k] for k in dropped})  # the fresh classifier stays
+    path, record = read_user_weights(weights)  # read once: a compress checkpoint is restored from it as it is
+    dropped: list[str] = []
+    if "state_dict" not in record:  # a plain state_dict: a classifier for another class count stays fresh
+        state = record
+        head = head_layer(model)
+        prefix = next((n + "." for n, m in model.named_modules() if m is head), None) if head is not None else None
+        ours = model.state_dict()
+        dropped = [k for k, v in state.items() if prefix and k.startswith(prefix) and k in ours
+                   and getattr(v, "shape", None) != ours[k].shape]
+        record = {"state_dict": {**state, **{k: ours[k] for k in dropped}}}
+    elif not isinstance(record["state_dict"], dict):
+        raise CompressError(f"{path} is not a state_dict checkpoint: save one with torch.save(model.state_dict())")
     try:
-        checkpoint.restore_model({"state_dict": state}, model)
+        checkpoint.restore_model(record, model)
     except CompressError as e:
         raise CompressError(f"{path} does not fit this model: {e}") from None
     if dropped:

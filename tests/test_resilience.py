@@ -108,6 +108,8 @@ def test_pruned_artifact_round_trips_through_weights_only_loading(tmp_path):
     restored = ckpt.restore_model(ckpt.load(f), fresh)
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(restored(x), pruned.eval()(x))
+    via_weights, how = create_model("tiny_mobilenet_v3", num_classes=10, weights=str(f))  # `--weights PATH`
+    assert how == f"loaded from {f}" and torch.equal(via_weights.eval()(x), pruned.eval()(x))
 
 
 def test_second_run_into_a_locked_folder_is_refused(tmp_path):
