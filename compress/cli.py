@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run_parser(sub: Any, fmt: type) -> None:
     """``compress run``: every help text takes its default from the config dataclasses, never a copy."""
     from compress.config import RunConfig
-    from compress.finetune import RECOVERY_LR, Finetune
+    from compress.finetune import RECOVERY_LR, SLOW_BACKBONE_RECOVERY_EPOCHS, Finetune
     from compress.measure import MeasureConfig
     from compress.prune import IMPORTANCES, Prune
     from compress.quantize import CALIBRATIONS, IF_SLOWER, TARGETS, Quantize
@@ -98,7 +98,8 @@ def _run_parser(sub: Any, fmt: type) -> None:
                    f"{recipe.batch_size} (default {DEFAULT_LR:g}, scaled with the batch; under {SMALL_DATA:,} "
                    "training images a short LR range test picks it)")
     r.add_argument("--finetune-epochs", type=int, metavar="N", help="recovery fine-tuning epochs after --prune or "
-                   f"--edge-friendly (default {finetune.epochs})")
+                   f"--edge-friendly (default {finetune.recovery_epochs}; {SLOW_BACKBONE_RECOVERY_EPOCHS} after "
+                   f"fine-tuning pretrained weights on under {SMALL_DATA:,} images, whose backbone learns slowly)")
     r.add_argument("--finetune-lr", type=float, metavar="LR", help="recovery fine-tuning peak learning rate "
                    f"(default: half the baseline's, {RECOVERY_LR:g} for the default job; the baseline's after "
                    "pretrained fine-tuning with a slow backbone)")

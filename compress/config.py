@@ -156,16 +156,17 @@ def advice(cfg: RunConfig) -> list[tuple[str, str]]:
     ft, q = cfg.finetune, cfg.quantize
     if ft is not None and q is not None:
         default_qa = Finetune().quant_aware_epochs
-        if ft.quant_aware_epochs >= ft.epochs:
-            out.append(("finetune", f"all {ft.epochs} recovery epochs are quantization-aware (quant_aware_epochs "
+        epochs = ft.recovery_epochs
+        if ft.quant_aware_epochs >= epochs:
+            out.append(("finetune", f"all {epochs} recovery epochs are quantization-aware (quant_aware_epochs "
                                     f"{ft.quant_aware_epochs}): none recovers in float first, which costs accuracy; "
                                     "keep quant_aware_epochs at most half of the epochs"))
-        elif ft.quant_aware_epochs == 0 and ft.epochs >= 2:
+        elif ft.quant_aware_epochs == 0 and epochs >= 2:
             out.append(("finetune", "no recovery epoch is quantization-aware (finetune.quant_aware_epochs is 0, as in "
                                     "the config.yaml of a run without --int8): INT8 may lose more accuracy; set "
                                     f"finetune.quant_aware_epochs (default {default_qa}) in the YAML"))
-        elif ft.quant_aware_epochs < default_qa and ft.quant_aware_epochs == ft.epochs // 2:
-            out.append(("finetune", f"only {ft.quant_aware_epochs} of {ft.epochs} recovery epochs "
+        elif ft.quant_aware_epochs < default_qa and ft.quant_aware_epochs == epochs // 2:
+            out.append(("finetune", f"only {ft.quant_aware_epochs} of {epochs} recovery epochs "
                                     f"{'is' if ft.quant_aware_epochs == 1 else 'are'} quantization-aware (at most half "
                                     "are, so that float recovery comes first): INT8 may lose more accuracy; "
                                     f"--finetune-epochs {2 * default_qa} allows the default {default_qa}"))
@@ -223,7 +224,8 @@ def _implied(d: dict) -> dict:
     ft = d.get("finetune")
     if isinstance(ft, dict):
         ft = dict(ft)
-        epochs = ft.get("epochs", Finetune().epochs)
+        epochs = ft.get("epochs")
+        epochs = Finetune().recovery_epochs if epochs is None else epochs
         qa = ft.get("quant_aware_epochs", Finetune().quant_aware_epochs)
         if d.get("quantize") is None:
             qa = 0

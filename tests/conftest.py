@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
-SLOW_FIXTURES = {"smoke_run", "edge_bundle", "unpruned_run"}  # each runs a whole pipeline once per session
+SLOW_FIXTURES = {"smoke_run", "smoke_stdout", "edge_bundle", "unpruned_run"}  # each runs a whole pipeline once per session
 
 
 def pytest_collection_modifyitems(config, items):
@@ -36,12 +36,27 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, _isolated_cache) -> Path:
     """A real `compress run --config configs/smoke.yaml`: tiny MobileNetV3 on a Fashion-MNIST subset,
-    pruned 0.5, distilled, exported and quantized. Returns the run folder."""
+    pruned 0.5, distilled, exported and quantized. Returns the run folder; what the command printed to its
+    standard output (not a terminal, as when piped) is in `stdout.txt` beside it (see `smoke_stdout`)."""
+    import io
+    from contextlib import redirect_stdout
+
     from compress.cli import main
 
     out = tmp_path_factory.mktemp("smoke") / "run"
-    assert main(["run", "--config", str(SMOKE), "--out", str(out), "--quiet"]) == 0
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        code = main(["run", "--config", str(SMOKE), "--out", str(out)])
+    (out.parent / "stdout.txt").write_text(printed.getvalue())
+    assert code == 0, printed.getvalue()[-2000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def smoke_stdout(smoke_run) -> str:
+    """What the smoke run printed to its standard output, a StringIO rather than a terminal: the final summary
+    as a user sees it piped to a file or a CI log."""
+    return (smoke_run.parent / "stdout.txt").read_text()
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ SWEEP_GRID = {"model": "tiny_mobilenet_v3", "data": "digits", "train": {"epochs"
               "sweep": {"prune": [0, 0.5], "int8": [False, True]}}
 SWEEP_FLAKY = "tiny_mobilenet_v3_prune0.5_int8-minmax"  # its first attempt fails once its baseline step is recorded
 SWEEP_RUNS = 40  # interleaved timings per model in the re-measurement: enough for a median in a test
-# The tiny digits baseline that test_architecture, test_console, test_litert and test_pipeline train: one recipe, so
+# The tiny digits baseline that test_architecture, test_litert and test_pipeline train: one recipe, so
 # the session's baseline cache trains it once (its key is the model, data and effective recipe)
 DIGITS_TRAIN = {"epochs": 3, "batch_size": 64, "lr": 0.1}
 

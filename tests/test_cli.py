@@ -171,7 +171,7 @@ def test_every_help_ends_with_an_example(command, capsys):
 
 def test_help_shows_defaults_from_the_dataclasses(capsys):
     from compress.config import RunConfig
-    from compress.finetune import RECOVERY_LR, Finetune
+    from compress.finetune import RECOVERY_LR, SLOW_BACKBONE_RECOVERY_EPOCHS, Finetune
     from compress.prune import Prune
     from compress.recipe import DEFAULT_LR, Recipe
 
@@ -180,7 +180,8 @@ def test_help_shows_defaults_from_the_dataclasses(capsys):
 
     assert f"baseline training epochs (default {Recipe().epochs}; 0 keeps the weights as they are)" in text
     assert f"baseline training peak learning rate for a batch of {Recipe().batch_size} (default {DEFAULT_LR:g}" in text
-    assert f"(default {Finetune().epochs})" in text and f"(default: half the baseline's, {RECOVERY_LR:g}" in text
+    assert f"(default {Finetune().recovery_epochs}; {SLOW_BACKBONE_RECOVERY_EPOCHS} after fine-tuning" in text
+    assert f"(default: half the baseline's, {RECOVERY_LR:g}" in text
     assert f"(default 0: no pruning; {Prune().ratio:g} is a good start)" in text
     assert f"--seed SEED seed for the data subsets, initialisation and training order (default {RunConfig().seed})" \
         in text

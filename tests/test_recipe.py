@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import CompressError
-from compress.finetune import RECOVERY_LR, Finetune
+from compress.finetune import RECOVERY_EPOCHS, RECOVERY_LR, SLOW_BACKBONE_RECOVERY_EPOCHS, Finetune
 from compress.recipe import CLIP_NORM, DEFAULT_LR, MIN_BATCH, Recipe
 from compress.lr_range import PROBE_DIVISOR, resolve_lr
 from tests.helpers import context, digits, fmnist_subset
@@ -122,18 +122,21 @@ def test_recovery_distils_from_the_baseline_only_on_data_large_enough_to_teach()
     assert Finetune(distill=True).distils(400) and not Finetune(distill=False).distils(48_000)
 
 
-def test_recovery_inherits_the_baselines_slow_backbone_and_frozen_statistics():
+def test_recovery_inherits_the_baselines_slow_backbone_and_frozen_statistics_and_trains_longer():
     small_transfer = {"lr": 0.05, "batch_size": 16, "epochs": 3, "backbone_lr_scale": 0.1, "freeze_bn": True}
 
     finetune = Finetune().with_baseline_recipe(small_transfer)
     assert finetune.backbone_lr_scale == 0.1 and finetune.freeze_bn is True
     # the baseline's own peak LR (scaled from batch 16 to 256), not half of it: the backbone learns at a tenth of it
     assert finetune.lr == pytest.approx(0.05 * (256 / 16) ** 0.5, rel=1e-3)
-    chosen = Finetune(backbone_lr_scale=1.0, freeze_bn=False).with_baseline_recipe(small_transfer)
+    assert finetune.epochs == finetune.recipe().epochs == SLOW_BACKBONE_RECOVERY_EPOCHS  # the backbone learns slowly
+    chosen = Finetune(epochs=RECOVERY_EPOCHS, backbone_lr_scale=1.0, freeze_bn=False).with_baseline_recipe(small_transfer)
     assert chosen.backbone_lr_scale == 1.0 and chosen.freeze_bn is False  # the YAML's finetune section wins
+    assert chosen.epochs == RECOVERY_EPOCHS
     scratch = Finetune().with_baseline_recipe({"lr": DEFAULT_LR, "batch_size": 256, "epochs": 25,
                                                "backbone_lr_scale": 1.0, "freeze_bn": False})
     assert scratch == Finetune(lr=RECOVERY_LR)  # the main job: as before, and its stage record equals its config
+    assert scratch.recipe().epochs == RECOVERY_EPOCHS
     with pytest.raises(CompressError, match="backbone_lr_scale"):
         Finetune(backbone_lr_scale=0).check()
     with pytest.raises(CompressError, match="label_smoothing"):
