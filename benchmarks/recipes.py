@@ -42,8 +42,9 @@ QUICK = [("efficientnet_b0", "photos-3", 64)]
 EPOCHS = {"fashion-mnist": 3, "photos-3": 3, "fmnist-5": 20}
 # Recovery epochs after pruning and how many of them are quantization-aware. fmnist-5 gets compress's defaults
 # (None: 15, or 30 after fine-tuning pretrained weights with a slow backbone, i.e. Lite0 here; the last 4), as a
-# user would: about the main job's proportion of recovery to baseline training (15 to 25 epochs). The others get 6 (the last 2) to keep a 60,000-image cell under 15 minutes; on photos-3 that is already
-# twice the baseline's 3 epochs. With 6 epochs after 20, MobileNetV2 at 32 px recovered to 71.9% from a 73.1%
+# user would: about the main job's proportion of recovery to baseline training (15 to 25 epochs). The others get 6
+# (the last 2) to keep a 60,000-image cell under 15 minutes; on photos-3 that is already twice the baseline's 3
+# epochs. With 6 epochs after 20, MobileNetV2 at 32 px recovered to 71.9% from a 73.1%
 # baseline, with 15 to 77.9% (Zen 3, 2026-12-01; the pruned network scored 73.2% before recovery).
 RECOVERY = {"fashion-mnist": (6, 2), "photos-3": (6, 2), "fmnist-5": (None, 4)}
 QUICK_RECOVERY = (1, 0)  # the tests check that the quick cell learns and completes, not how far recovery gets

@@ -142,10 +142,12 @@ class Finetune:
         if (self.backbone_lr_scale or 1.0) < 1 or self.freeze_bn:
             recipe = dataclasses.replace(recipe, backbone_lr_scale=self.backbone_lr_scale or 1.0,
                                          freeze_bn=bool(self.freeze_bn))
+            epochs = f"{recipe.epochs} epoch{'s' if recipe.epochs != 1 else ''}" + (
+                ", the default after such a baseline" if recipe.epochs == SLOW_BACKBONE_RECOVERY_EPOCHS else
+                f" (the default after such a baseline: {SLOW_BACKBONE_RECOVERY_EPOCHS})")
             why.append(f"as the baseline fine-tuned its pretrained weights: the backbone at "
                        f"{recipe.backbone_lr_scale:g}× the head's LR"
-                       + ("; BatchNorm statistics frozen" if recipe.freeze_bn else "")
-                       + f"; {recipe.epochs} epochs (the default after such a baseline: {SLOW_BACKBONE_RECOVERY_EPOCHS})")
+                       + ("; BatchNorm statistics frozen" if recipe.freeze_bn else "") + f"; {epochs}")
         if self.distill is None and teacher is None:
             why.append(f"labels only, no distillation from the baseline (under {SMALL_DATA:,} training images)")
         if self.label_smoothing is None and teacher is None:  # hard labels alone: smooth them as the baseline did

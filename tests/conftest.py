@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
-SLOW_FIXTURES = {"smoke_run", "smoke_stdout", "edge_bundle", "unpruned_run"}  # each runs a whole pipeline once per session
+# each runs a whole pipeline once per session
+SLOW_FIXTURES = {"smoke_run", "smoke_stdout", "edge_bundle", "unpruned_run"}
 
 
 def pytest_collection_modifyitems(config, items):

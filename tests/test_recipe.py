@@ -130,7 +130,8 @@ def test_recovery_inherits_the_baselines_slow_backbone_and_frozen_statistics_and
     # the baseline's own peak LR (scaled from batch 16 to 256), not half of it: the backbone learns at a tenth of it
     assert finetune.lr == pytest.approx(0.05 * (256 / 16) ** 0.5, rel=1e-3)
     assert finetune.epochs == finetune.recipe().epochs == SLOW_BACKBONE_RECOVERY_EPOCHS  # the backbone learns slowly
-    chosen = Finetune(epochs=RECOVERY_EPOCHS, backbone_lr_scale=1.0, freeze_bn=False).with_baseline_recipe(small_transfer)
+    chosen = Finetune(epochs=RECOVERY_EPOCHS, backbone_lr_scale=1.0,
+                      freeze_bn=False).with_baseline_recipe(small_transfer)
     assert chosen.backbone_lr_scale == 1.0 and chosen.freeze_bn is False  # the YAML's finetune section wins
     assert chosen.epochs == RECOVERY_EPOCHS
     scratch = Finetune().with_baseline_recipe({"lr": DEFAULT_LR, "batch_size": 256, "epochs": 25,
@@ -158,7 +159,8 @@ def test_recovering_a_fine_tuned_imagenet_model_on_small_data_keeps_its_backbone
     assert base["backbone_lr_scale"] == recovery["backbone_lr_scale"] == 0.1
     assert recovery["lr"] == pytest.approx(base["lr"] * (recovery["batch_size"] / base["batch_size"]) ** 0.5, rel=1e-3)
     assert base["freeze_bn"] and recovery["freeze_bn"]
-    assert any("as the baseline fine-tuned its pretrained weights" in w
-               for w in ctx.notes["finetune"]["recipe_adapted"])
+    assert any("as the baseline fine-tuned its pretrained weights" in w and "; 1 epoch (the default after such a "
+               f"baseline: {SLOW_BACKBONE_RECOVERY_EPOCHS})" in w for w in ctx.notes["finetune"]["recipe_adapted"])
+    assert recovery["epochs"] == 1  # the caller's epochs win over the longer default
     # no teacher on 256 images: the hard labels are smoothed as the baseline smoothed them
     assert recovery["label_smoothing"] == base["label_smoothing"] == Recipe().label_smoothing > 0
