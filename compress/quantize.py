@@ -216,10 +216,14 @@ class Quantize:
                                    rounds=10, runs_per_round=max(10, self.speed_check_runs // 10))
             return result.verdict == "slower"
 
+        # Keeping nodes in FP32 changes no FP32 tensor, so every candidate reuses the shipped model's ranges
+        # (temps["table"]) instead of calibrating again: with percentile ranges, EfficientNet-B0 on 60,000 images
+        # at 32 px spent about 3.5 minutes calibrating each candidate.
         with tempfile.TemporaryDirectory(dir=int8.parent) as work:  # candidates never outlive the search
             return mixed.search(fp32, int8, harm, held, self.max_drop_pt, threads=ctx.threads, work=Path(work),
                                 requantize=lambda names, out: self._write(fp32, out, calib, recipe, temps, {}, ctx,
-                                                                          exclude=names), slower=slower)
+                                                                          exclude=names, recalibrate=False),
+                                slower=slower)
 
     def _write(self, src: Path, tmp: Path, calib: "np.ndarray", recipe: Int8Recipe, temps: dict[str, Path],
                notes: dict, ctx: "Context", exclude: list[str] | None = None, recalibrate: bool = True) -> None:
