@@ -109,3 +109,19 @@ def test_headline_targets_are_judged_from_the_runs_own_records(smoke_run):
     assert by_goal["≥ 94.0%"]["met"] == (report.baseline.metrics.top1_pct >= 94.0)
     speed = report.step("quantize").notes["speed_check"]  # the smoke run quantizes: its own speed check is quoted
     assert f"{speed['speedup']:.2f}×" in by_goal["≥ 1.5×"]["measured"]
+
+
+def test_round_to_benchmark_prunes_to_the_asked_multiple_and_times_both_references(tmp_path):
+    """benchmarks/round_to.py (issue #12: do channel counts that suit the INT8 kernels make pruned INT8 pay?): with
+    ``round_to`` 16 every depthwise conv already has a multiple of 16 channels, so the INT8 stage pads none."""
+    from benchmarks.round_to import measure_model
+
+    rows = measure_model("mobilenet_v3_small", tmp_path, size=32, round_tos=(8, 16), rounds=2, runs=5)
+
+    assert [r["round_to"] for r in rows] == [8, 16]
+    assert rows[0]["depthwise_convs_padded"] > 0 and rows[1]["depthwise_convs_padded"] == 0
+    assert rows[1]["macs"] != rows[0]["macs"]  # a different network, not the same one timed twice
+    for r in rows:
+        assert r["own_ci95_low"] <= r["int8_vs_own_fp32"] <= r["own_ci95_high"]
+        assert r["unpruned_ci95_low"] <= r["int8_vs_unpruned_fp32"] <= r["unpruned_ci95_high"]
+        assert r["fp32_ms"] < r["unpruned_fp32_ms"]  # half the channels: the pruned FP32 runs faster
