@@ -94,7 +94,7 @@ class Finetune:
           learns at a tenth of it, and pruning has cut into features that half of that does not rebuild
           (EfficientNet-Lite0 on 500 Fashion-MNIST images, pruned 30%, 15 epochs, FP32: 71.9% at half and 74.1%
           at the baseline's at 32 px, baseline 74.5%; 82.1% and 83.8% at 64 px). At the baseline's LR one of two
-          runs collapsed to chance, which training rolls back (:func:`compress.train._collapsed`). Kept when the
+          runs collapsed to chance, which training rolls back (:func:`compress.divergence.collapsed`). Kept when the
           baseline's LR is unknown.
         * ``backbone_lr_scale`` and ``freeze_bn``: the baseline's. Fine-tuned pretrained weights on small data
           train their backbone at a tenth of the head's LR with frozen BatchNorm statistics; recovery at the

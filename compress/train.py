@@ -1,9 +1,9 @@
 """Training: the baseline recipe and recovery fine-tuning with knowledge distillation.
 
-One loop serves both. It trains a *copy* of the model (stages never mutate their input),
-in ``channels_last`` memory format (measured here: 2.7× faster per epoch on a 2-core CPU
-than NCHW for MobileNetV3 at 32×32), with batch-level augmentation on uint8 tensors, and with
-:mod:`compress.depthwise_grad` for depthwise convolutions whose input is smaller than their kernel.
+One loop serves both. It trains a *copy* of the model (stages never mutate their input), in ``channels_last``
+memory format (measured here: 2.7× faster per epoch on a 2-core CPU than NCHW for MobileNetV3 at 32×32), with
+batch-level augmentation on uint8 tensors, and with :mod:`compress.depthwise_grad` for depthwise convolutions whose
+input is smaller than their kernel.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from compress import checkpoint as ckpt
 from compress import distributed
 from compress.depthwise_grad import fast_small_input_depthwise
+from compress.divergence import collapsed, diverged, majority_pct
 from compress.errors import CompressError
 from compress.heads import head_params
 from compress.lr_range import resolve_lr
@@ -61,6 +62,7 @@ class _State:
     rounding: Any = None  # quantization-aware rounding modules, once those epochs begin
     attention: Any = None  # compress.attention.Transfer when distilling with attention transfer
     stop_rounding: Callable[[], None] | None = None
+    rounding_dropped: bool = False  # a quantization-aware epoch diverged: the rest of training is plain
 
     def save(self) -> dict:
         import torch
@@ -68,7 +70,7 @@ class _State:
         return {"model": self.student.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "generator": self.gen.get_state(),
                 "torch_rng": torch.get_rng_state(), "epoch": self.epoch, "lr_scale": self.lr_scale,
-                "peak_lr": self.peak_lr,
+                "peak_lr": self.peak_lr, "rounding_dropped": self.rounding_dropped,
                 "fake_quant": self.rounding.state_dict() if self.rounding is not None else None}
 
 
@@ -120,8 +122,7 @@ def fit(model: "nn.Module", data: "Dataset", recipe: Recipe, *, seed: int, devic
             names = stage_names(teacher, data.normalize(data.train_x[:1]).to(device))
             state.attention = stack.enter_context(Transfer(student, teacher, names, distill.attention))
         _train(state, data, recipe, device, teacher, distill, quant_aware_epochs, on_batch, on_epoch, checkpoint, warn)
-    if state.stop_rounding is not None:
-        state.stop_rounding()
+    _stop_rounding(state)
     student = state.student
     for p in student.parameters():
         p.requires_grad_(True)
@@ -137,15 +138,16 @@ def _train(state: _State, data: "Dataset", recipe: Recipe, device: str, teacher:
     """The epochs, from ``state.epoch`` to the recipe's last, each rolled back and retried at half the LR if it
     diverges (at most :data:`MAX_RECOVERIES` times)."""
     steps_per_epoch = math.ceil(data.train_x.shape[0] / recipe.batch_size)
-    chance = _majority_pct(data)
+    chance = majority_pct(data)
     losses: list[float] = []
     accs: list[float] = []  # each good epoch's training accuracy, %
     snapshot, recoveries = copy.deepcopy(state.save()), 0
     best = snapshot  # the most accurate epoch's: a collapse may begin inside the last good epoch
     while state.epoch < recipe.epochs:
-        info = _epoch(state, data, recipe, device, teacher, distill, quant_aware_epochs, on_batch)
-        blew_up = _diverged(info["loss"], losses)
-        collapse = "" if blew_up else _collapsed(info["train_acc_pct"], accs, chance)
+        qat = 0 if state.rounding_dropped else quant_aware_epochs
+        info = _epoch(state, data, recipe, device, teacher, distill, qat, on_batch)
+        blew_up = diverged(info["loss"], losses)
+        collapse = "" if blew_up else collapsed(info["train_acc_pct"], accs, chance)
         problem = blew_up or collapse
         if problem:
             if recoveries == MAX_RECOVERIES:
@@ -154,12 +156,17 @@ def _train(state: _State, data: "Dataset", recipe: Recipe, device: str, teacher:
                                     "lower the lr (--lr / --finetune-lr), or check the data")
             recoveries += 1
             _restore(state, best if collapse else snapshot, recipe, steps_per_epoch, state.lr_scale / 2)
+            plain = ""
+            if info["quant_aware"]:  # halving the LR did not save EfficientNet-B0's (#10): the rounding goes instead
+                _stop_rounding(state)
+                state.rounding_dropped = True
+                plain = ", without quantization-aware rounding (the INT8 step still calibrates)"
             if collapse:  # later epochs are gone: a later divergence goes back here, not to one of them
                 del losses[state.epoch:], accs[state.epoch:]
                 snapshot = best
             warn(f"training diverged at epoch {state.epoch + 1} ({problem}); went back to the "
                  f"{'most accurate' if collapse else 'last good'} epoch and continued at half the learning rate "
-                 f"(peak {recipe.lr * state.lr_scale:g})")
+                 f"(peak {recipe.lr * state.lr_scale:g}){plain}")
             continue
         state.epoch += 1
         losses.append(info["loss"])
@@ -205,6 +212,8 @@ def _restore(state: _State, saved: dict, recipe: Recipe, steps_per_epoch: int, l
     torch.set_rng_state(saved["torch_rng"])
     if state.rounding is not None and saved.get("fake_quant") is not None:
         state.rounding.load_state_dict(saved["fake_quant"])
+    else:  # back to before the quantization-aware epochs: their observers go too (a diverged epoch leaves NaN
+        _stop_rounding(state)  # ranges in them, and every retry would round with NaN and diverge again)
 
 
 def _resume(state: _State, checkpoint: Path, recipe: Recipe, steps_per_epoch: int, seed: int,
@@ -217,6 +226,7 @@ def _resume(state: _State, checkpoint: Path, recipe: Recipe, steps_per_epoch: in
         if saved.get("fake_quant") is not None:
             _start_rounding(state)
         _restore(state, saved, recipe, steps_per_epoch, float(saved.get("lr_scale", 1.0)))
+        state.rounding_dropped = bool(saved.get("rounding_dropped", False))
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
         fresh = _new_state(state.student, recipe, steps_per_epoch, seed)
         state.opt, state.sched, state.gen, state.epoch, state.lr_scale = fresh.opt, fresh.sched, fresh.gen, 0, 1.0
@@ -227,6 +237,12 @@ def _resume(state: _State, checkpoint: Path, recipe: Recipe, steps_per_epoch: in
 
 def _start_rounding(state: _State) -> None:
     state.rounding, state.stop_rounding = fake_quant_activations(state.student)
+
+
+def _stop_rounding(state: _State) -> None:
+    if state.stop_rounding is not None:
+        state.stop_rounding()
+    state.rounding = state.stop_rounding = None
 
 
 def _epoch(state: _State, data: "Dataset", recipe: Recipe, device: str, teacher: "nn.Module | None",
@@ -281,7 +297,8 @@ def _epoch(state: _State, data: "Dataset", recipe: Recipe, device: str, teacher:
             if state.attention is not None:  # the teacher's forward pass above filled its side of the hooks
                 loss = loss + state.attention.loss()
         if not (distributed.all_finite(loss) if world > 1 else torch.isfinite(loss)):
-            return {"loss": float("nan"), "train_acc_pct": 0.0, "seconds": time.perf_counter() - t0}
+            return {"loss": float("nan"), "train_acc_pct": 0.0, "seconds": time.perf_counter() - t0,
+                    "quant_aware": quant_aware}
         state.opt.zero_grad(set_to_none=True)
         (loss * grad_scale if world > 1 else loss).backward()
         if recipe.clip_grad_norm is not None:
@@ -297,36 +314,6 @@ def _epoch(state: _State, data: "Dataset", recipe: Recipe, device: str, teacher:
         loss_sum, correct, seen = distributed.all_sum(loss_sum, correct, seen)
     return {"loss": loss_sum / seen, "train_acc_pct": 100.0 * correct / seen, "seconds": time.perf_counter() - t0,
             "head_only": frozen, "quant_aware": quant_aware}
-
-
-def _diverged(loss: float, history: list[float]) -> str:
-    """Why this epoch's loss says training diverged, or "" when it did not: a non-finite loss, or one three times
-    the best epoch's. (A rule on the first epoch's loss against chance level misfired: EfficientNet-B0 and timm's
-    MobileNetV4 start from scratch at 3-6× chance and then learn.)"""
-    if not math.isfinite(loss):
-        return f"loss {loss}"
-    if history and loss > 3 * min(history):
-        return f"loss rose from {min(history):.3g} to {loss:.3g}"
-    return ""
-
-
-def _majority_pct(data: "Dataset") -> float:
-    """The training accuracy of always answering the most common class, %."""
-    import torch
-
-    return 100.0 * float(torch.bincount(data.train_y).max()) / max(1, int(data.train_y.shape[0]))
-
-
-def _collapsed(acc_pct: float, history: list[float], chance_pct: float) -> str:
-    """Why this epoch's training accuracy says training collapsed, or "" when it did not: it fell back to chance
-    (within a tenth of the way from always answering the most common class to the best epoch's) after an epoch at
-    least 10 points above it. No loss blows up then. EfficientNet-Lite0's ImageNet weights, pruned 30% and
-    recovered on 500 Fashion-MNIST images at 0.106 peak LR, went from 39.6% training accuracy (augmented) to 21.8%
-    and stayed at chance (20%) with finite losses (benchmarks/results/recovery_small_data.md)."""
-    top = max(history, default=0.0)
-    if top >= chance_pct + 10 and acc_pct <= chance_pct + 0.1 * (top - chance_pct):
-        return f"training accuracy fell from {top:.1f}% to {acc_pct:.1f}%, chance level"
-    return ""
 
 
 def recalibrate_bn(model: "nn.Module", data: "Dataset", images: int = 2048, batch_size: int = 256) -> None:
