@@ -13,11 +13,11 @@ import torch
 import torch.nn as nn
 
 from compress.data import normalize
+from compress.divergence import collapsed
 from compress.errors import CompressError
 from compress.models import create_model
 from compress.qat import fake_quant_activations
 from compress.recipe import Recipe
-from compress.divergence import collapsed
 from compress.train import MAX_RECOVERIES, evaluate, fit, recalibrate_bn
 from tests.helpers import digits, fmnist_subset, trained_tiny
 
