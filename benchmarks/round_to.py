@@ -8,7 +8,7 @@ unpruned FP32 export with :func:`compress.measure.compare_speed` (interleaved ro
 interval). Random weights and random calibration images: only speed is compared, not accuracy.
 Writes benchmarks/results/round_to[_quick].{csv,md,json}.
 
-    python -m benchmarks.round_to                  # 4 models at 224 px, round_to 8, 16 and 32 (~5 min on 2 cores)
+    python -m benchmarks.round_to                  # 4 models at 224 px, round_to 8, 16 and 32 (~2 min on 2 cores)
     python -m benchmarks.round_to --quick          # MobileNetV3-small at 112 px, round_to 8 and 16
 """
 

@@ -136,7 +136,7 @@ def _train(state: _State, data: "Dataset", recipe: Recipe, device: str, teacher:
            distill: Distill | None, quant_aware_epochs: int, on_batch: Callable[[int, int], None] | None,
            on_epoch: EpochCallback | None, checkpoint: Path | None, warn: Callable[[str], None]) -> None:
     """The epochs, from ``state.epoch`` to the recipe's last, each rolled back and retried at half the LR if it
-    diverges (at most :data:`MAX_RECOVERIES` times)."""
+    diverges (at most :data:`MAX_RECOVERIES` times); a quantization-aware one is retried without the rounding."""
     steps_per_epoch = math.ceil(data.train_x.shape[0] / recipe.batch_size)
     chance = majority_pct(data)
     losses: list[float] = []
