@@ -19,6 +19,7 @@ from compress.models import head_layer
 
 if TYPE_CHECKING:
     import torch.nn as nn
+    import torch_pruning as tp
 
     from compress.core import Context
 
@@ -57,23 +58,12 @@ class Prune:
     def __call__(self, model: "nn.Module", ctx: "Context") -> "nn.Module":
         import torch
         import torch.nn.functional as F
-        import torch_pruning as tp
 
         from compress.train import recalibrate_bn
 
         self.check()
         model = copy.deepcopy(model).cpu().eval()
-        example = torch.zeros(1, 3, ctx.data.input_size, ctx.data.input_size)
-        importance = {
-            "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
-            "taylor": lambda: tp.importance.GroupTaylorImportance(),
-            "bn": lambda: tp.importance.BNScaleImportance(),
-        }[self.importance]()
-        head = head_layer(model)
-        pruner = tp.pruner.MetaPruner(
-            model, example, importance=importance, pruning_ratio=self.ratio, iterative_steps=self.steps,
-            ignored_layers=[head] if head is not None else [], round_to=self.round_to,
-        )
+        pruner = self.pruner(model, ctx.data.input_size)
         gen = torch.Generator().manual_seed(ctx.seed)
         for _ in range(self.steps):
             if self.importance == "taylor":
@@ -88,3 +78,20 @@ class Prune:
         # re-estimating them costs one forward pass and recovers much of the accuracy before fine-tuning.
         recalibrate_bn(model, ctx.data)
         return model.eval()
+
+    def pruner(self, model: "nn.Module", input_size: int) -> "tp.pruner.MetaPruner":
+        """torch-pruning's pruner for ``model`` (changed in place by each ``step()``) as this stage configures it:
+        what ``benchmarks/pruned_shape.py`` builds the stage's pruned shape with."""
+        import torch
+        import torch_pruning as tp
+
+        importance = {
+            "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+            "taylor": lambda: tp.importance.GroupTaylorImportance(),
+            "bn": lambda: tp.importance.BNScaleImportance(),
+        }[self.importance]()
+        head = head_layer(model)
+        return tp.pruner.MetaPruner(
+            model, torch.zeros(1, 3, input_size, input_size), importance=importance, pruning_ratio=self.ratio,
+            iterative_steps=self.steps, ignored_layers=[head] if head is not None else [], round_to=self.round_to,
+        )

@@ -125,3 +125,23 @@ def test_round_to_benchmark_prunes_to_the_asked_multiple_and_times_both_referenc
         assert r["own_ci95_low"] <= r["int8_vs_own_fp32"] <= r["own_ci95_high"]
         assert r["unpruned_ci95_low"] <= r["int8_vs_unpruned_fp32"] <= r["unpruned_ci95_high"]
         assert r["fp32_ms"] < r["unpruned_fp32_ms"]  # half the channels: the pruned FP32 runs faster
+
+
+def test_pruned_shape_is_the_prune_stages_network_freshly_initialised(tmp_path):
+    """benchmarks/pruned_shape.py (issue #12: what the main job's pruned shape reaches from scratch) must build the
+    very channels the prune stage leaves, with new weights, through the CLI's file.py:factory loader."""
+    from compress.model_specs import create_spec
+    from compress.models import create_model
+    from compress.prune import Prune
+    from tests.helpers import context
+
+    model, _ = create_model("mobilenet_v3_small", num_classes=10, weights="none")
+    with context(tmp_path) as ctx:
+        pruned = Prune(ratio=0.5)(model, ctx)
+
+    shape, _ = create_spec("benchmarks/pruned_shape.py:build", num_classes=10, weights="none")
+
+    assert [p.shape for p in shape.parameters()] == [p.shape for p in pruned.parameters()]
+    assert sum(p.numel() for p in shape.parameters()) < sum(p.numel() for p in model.parameters()) / 3
+    bns = [m for m in shape.modules() if type(m).__name__ == "BatchNorm2d"]
+    assert bns and all(bool((m.weight == 1).all()) for m in bns)  # fresh weights, not the pruned model's
