@@ -70,7 +70,8 @@ def probe_lr(model: "nn.Module", data: "Dataset", recipe: Recipe, *, device: str
     A loss that fell and never diverged used to give ``high / divisor`` (0.4): the network seemed to take every LR.
     That guess failed: on 1,347 digits with clipped gradients (batch 16, 3 epochs, seeds 0-3), compress's tiny
     MobileNetV3 trained at 0.4 reached 57-69% top-1 and at the recipe's 0.1 86-91% (a 2-rank run at 0.4 stayed at
-    chance); a two-layer CNN got 92-96% at 0.4 and 91-94% at 0.1. Too high costs far more than too low."""
+    chance); the tests' small CNN (tests/fixtures/tiny_net.py) got 92-96% at 0.4 and 91-94% at 0.1. Too high costs
+    far more than too low."""
     import torch
     import torch.nn.functional as F
 
