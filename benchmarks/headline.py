@@ -8,8 +8,8 @@ next to the same network trained from scratch for at least as long. Both on the 
 The scratch run gets the same number of baseline epochs, so at least the transfer run's training time: its first
 epoch trains the whole network where the transfer run's trains only the new head.
 
-    python -m benchmarks.headline                        # 32 px, 16 + 6 epochs: about 52 min on 2 Zen 3 cores
-    python -m benchmarks.headline --input-size 64        # the size: about 4× the training time
+    python -m benchmarks.headline                        # 48 px, 11 + 4 epochs: about 45 min on 2 Zen 5 cores
+    python -m benchmarks.headline --input-size 32 --epochs 16 --finetune-epochs 6    # the earlier 32-px job
     python -m benchmarks.headline --transfer-run DIR --transfer-wall-s S   # reuse a finished transfer run
     python -m benchmarks.headline --transfer-run DIR --scratch-run DIR2      # and a finished scratch run
 
@@ -84,9 +84,9 @@ def reused(a: argparse.Namespace, transfer, scratch) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.headline", description=__doc__.splitlines()[0])
-    p.add_argument("--input-size", type=int, default=32, help="input pixels (default 32)")
-    p.add_argument("--epochs", type=int, default=16, help="baseline epochs, the first head-only (default 16)")
-    p.add_argument("--finetune-epochs", type=int, default=6, help="recovery epochs after pruning (default 6)")
+    p.add_argument("--input-size", type=int, default=48, help="input pixels (default 48)")
+    p.add_argument("--epochs", type=int, default=11, help="baseline epochs, the first head-only (default 11)")
+    p.add_argument("--finetune-epochs", type=int, default=4, help="recovery epochs after pruning (default 4)")
     p.add_argument("--transfer-run", type=Path, help="a finished transfer run folder to reuse")
     p.add_argument("--transfer-wall-s", type=float, help="its measured cold wall time in seconds, if known")
     p.add_argument("--scratch-run", type=Path, help="a finished from-scratch run folder to reuse")

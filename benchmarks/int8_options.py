@@ -107,6 +107,24 @@ def session(path: Path, level: str = "all"):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def kernels(path: Path) -> dict[str, int]:
+    """Nodes by op type, most first, of the graph ONNX Runtime runs for ``path`` (all optimizations, CPU provider):
+    the kernels one inference launches. On tiny feature maps each launch costs about the same, so the count sets
+    the time."""
+    import collections
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.log_severity_level, so.optimized_model_filepath = 3, str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        ops = collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    return dict(ops.most_common())
+
+
 def timed(sessions: dict, x, runs: int) -> dict[str, tuple[float, float]]:
     """``{key: (wall ms median, thread CPU ms median)}`` from :func:`compress.measure.interleaved` (blocks taking
     turns, order reversed every other block); each call also records this thread's CPU time."""

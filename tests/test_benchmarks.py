@@ -42,6 +42,11 @@ def test_run_all_quick_writes_every_table_and_plot(tmp_path, smoke_run, swept):
     sizes = json.loads((tmp_path / "input_size_quick.json").read_text())["rows"]
     assert [r["input_px"] for r in sizes] == [32, 64]
     assert all(r["ci95_low"] <= r["int8_speedup_vs_fp32"] <= r["ci95_high"] for r in sizes)
+    by_op = json.loads((tmp_path / "input_size_quick.json").read_text())["kernels_by_op"]["32"]
+    assert by_op["fp32"]["Conv"] == by_op["int8"]["QLinearConv"] > 0  # every conv runs quantized, none dropped
+    assert sizes[0]["int8_kernels"] == sum(by_op["int8"].values())
+    first = sizes[0]
+    assert first["int8_us_per_kernel"] == pytest.approx(1e3 * first["int8_ms"] / first["int8_kernels"], rel=0.01)
 
     recipes = json.loads((tmp_path / "compare_recipes_quick.json").read_text())
     assert "mobilenet_v3_small" in json.dumps(recipes)
@@ -94,7 +99,7 @@ def test_recipe_matrix_quick_cell_learns_without_diverging(tmp_path):
 
 
 def test_headline_targets_are_judged_from_the_runs_own_records(smoke_run):
-    """benchmarks/headline.py (the realistic job, about 50 min) judges issue #10's targets from two run reports;
+    """benchmarks/headline.py (the realistic job, about 45 min) judges issue #10's targets from two run reports;
     here both are the smoke run, so nothing beats itself and no wall time is known."""
     from benchmarks.headline import targets
     from compress.records import RunReport
