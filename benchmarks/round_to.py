@@ -25,10 +25,14 @@ from benchmarks.compare_recipes import MODELS
 ROUND_TO = (8, 16, 32)
 
 
-def measure_model(name: str, work: Path, *, size: int, round_tos: tuple[int, ...], rounds: int, runs: int) -> list[dict]:
-    """One row per ``round_to``: the pruned model's MACs and INT8 speed against its own FP32 and the unpruned FP32."""
+def measure_model(name: str, work: Path, *, size: int, round_tos: tuple[int, ...], rounds: int, runs: int,
+                  profile_runs: int = 0) -> list[dict]:
+    """One row per ``round_to``: the pruned model's MACs and INT8 speed against its own FP32 and the unpruned FP32.
+    With ``profile_runs``, the first row also has ``profile_ms``: ONNX Runtime's profiler's ms per run by op type,
+    ``{"fp32": ..., "int8": ...}``."""
     import torch
 
+    from benchmarks.int8_options import kernels, profile_by_op
     from compress.export import Export
     from compress.measure import compare_speed, onnx_call, onnx_params_macs
     from compress.models import create_model
@@ -50,13 +54,18 @@ def measure_model(name: str, work: Path, *, size: int, round_tos: tuple[int, ...
                             runs_per_round=runs)
         params, macs = onnx_params_macs(fp32.path, size)
         rewrites = ctx.notes["quantize"].get("kernel_rewrites", {})
+        n = {k: sum(kernels(m.path).values()) for k, m in (("fp32", fp32), ("int8", int8))}
         rows.append({"model": name, "round_to": r, "params": params, "macs": macs,
                      "depthwise_convs_padded": rewrites.get("depthwise_convs_padded"),
                      "fp32_ms": round(own.reference_ms, 4), "int8_ms": round(own.candidate_ms, 4),
                      "int8_vs_own_fp32": round(own.speedup, 3), "own_ci95_low": round(own.speedup_low, 3),
                      "own_ci95_high": round(own.speedup_high, 3), "own_verdict": own.verdict,
                      "unpruned_fp32_ms": round(ref.reference_ms, 4), "int8_vs_unpruned_fp32": round(ref.speedup, 3),
-                     "unpruned_ci95_low": round(ref.speedup_low, 3), "unpruned_ci95_high": round(ref.speedup_high, 3)})
+                     "unpruned_ci95_low": round(ref.speedup_low, 3), "unpruned_ci95_high": round(ref.speedup_high, 3),
+                     "fp32_kernels": n["fp32"], "int8_kernels": n["int8"]})
+        if profile_runs and len(rows) == 1:
+            rows[0]["profile_ms"] = {k: profile_by_op(m.path, x, profile_runs, str(ctx.run_dir / f"profile_{k}"))
+                                     for k, m in (("fp32", fp32), ("int8", int8))}
         print(f"{name} round_to {r}: {macs / 1e6:.0f} MMACs, INT8 {own.speedup:.2f}× its FP32 ({own.verdict}), "
               f"{ref.speedup:.2f}× the unpruned FP32 export", flush=True)
     return rows
@@ -84,14 +93,16 @@ def main(argv: list[str] | None = None) -> int:
         for name in models:
             (Path(tmp) / name).mkdir()
             with library_output_to(Path(tmp) / name / "log.txt"):  # quantizer and exporter chatter
-                rows += measure_model(name, Path(tmp) / name, size=size, round_tos=round_tos, rounds=rounds, runs=runs)
+                rows += measure_model(name, Path(tmp) / name, size=size, round_tos=round_tos, rounds=rounds,
+                                      runs=runs, profile_runs=runs * 3)
     finish_environment(env)
+    profiles = {(r["model"], r["round_to"]): r.pop("profile_ms") for r in rows if "profile_ms" in r}
     stem = "round_to_quick" if a.quick else "round_to"
     table = [[r["model"], r["round_to"], f"{r['macs'] / 1e6:.0f}", r["depthwise_convs_padded"],
               f"{r['fp32_ms']:.3f}", f"{r['int8_ms']:.3f}",
               f"{r['int8_vs_own_fp32']:.2f}× ({r['own_ci95_low']:.2f}–{r['own_ci95_high']:.2f}), {r['own_verdict']}",
-              f"{r['int8_vs_unpruned_fp32']:.2f}× ({r['unpruned_ci95_low']:.2f}–{r['unpruned_ci95_high']:.2f})"]
-             for r in rows]
+              f"{r['int8_vs_unpruned_fp32']:.2f}× ({r['unpruned_ci95_low']:.2f}–{r['unpruned_ci95_high']:.2f})",
+              f"{r['fp32_kernels']} / {r['int8_kernels']}"] for r in rows]
     md = [f"# Pruned (0.5) INT8 against channel rounding: {size}×{size}, batch 1, 1 thread, random weights\n",
           f"Each row: compress Prune(ratio=0.5, round_to=N) → Export → Quantize, timed with compare_speed in "
           f"{rounds} interleaved rounds of {runs} runs against its own FP32 model and against the unpruned FP32 "
@@ -100,9 +111,16 @@ def main(argv: list[str] | None = None) -> int:
           "pruned FP32 and ≥ 3× the unpruned FP32 export.\n",
           md_table(["model", "round_to", "pruned MMACs", "depthwise convs padded by the INT8 stage",
                     "pruned FP32 ms", "pruned INT8 ms", "INT8 vs its own pruned FP32 [≥1.3×]",
-                    "INT8 vs the unpruned FP32 export [≥3×]"], table), "",
+                    "INT8 vs the unpruned FP32 export [≥3×]", "kernels FP32 / INT8"], table), "",
+          "Kernels: nodes of the graph ONNX Runtime runs for the pruned model (all optimizations), one launch each "
+          "per inference (`benchmarks.int8_options.kernels`).\n",
+          f"## Where the time goes (ONNX Runtime's profiler, ms per run by op type, {runs * 3} runs)\n",
+          *[f"- **{model}, round_to {r}, {kind}** (kernel total {sum(ms.values()):.3f} ms): "
+            + ", ".join(f"{op} {t:.3f}" for op, t in ms.items()) for (model, r), by_kind in profiles.items()
+            for kind, ms in by_kind.items()], "",
           "## Environment\n", env_markdown(env), f"  \nWall time {env['seconds']} s.\n"]
-    write_results(a.out, stem, md, rows, {"environment": env, "rows": rows})
+    profile_rows = [{"model": m, "round_to": r, **p} for (m, r), p in profiles.items()]
+    write_results(a.out, stem, md, rows, {"environment": env, "rows": rows, "profile_ms": profile_rows})
     print("\n".join(md[:3]))
     return 0
 

@@ -121,11 +121,14 @@ def test_round_to_benchmark_prunes_to_the_asked_multiple_and_times_both_referenc
     ``round_to`` 16 every depthwise conv already has a multiple of 16 channels, so the INT8 stage pads none."""
     from benchmarks.round_to import measure_model
 
-    rows = measure_model("mobilenet_v3_small", tmp_path, size=32, round_tos=(8, 16), rounds=2, runs=5)
+    rows = measure_model("mobilenet_v3_small", tmp_path, size=32, round_tos=(8, 16), rounds=2, runs=5, profile_runs=3)
 
     assert [r["round_to"] for r in rows] == [8, 16]
     assert rows[0]["depthwise_convs_padded"] > 0 and rows[1]["depthwise_convs_padded"] == 0
     assert rows[1]["macs"] != rows[0]["macs"]  # a different network, not the same one timed twice
+    assert all(r["int8_kernels"] > r["fp32_kernels"] > 0 for r in rows)  # hardswish: more INT8 launches, never 0
+    profile = rows[0]["profile_ms"]  # the first round_to only
+    assert "profile_ms" not in rows[1] and profile["int8"]["QLinearMul"] > 0 and "QLinearMul" not in profile["fp32"]
     for r in rows:
         assert r["own_ci95_low"] <= r["int8_vs_own_fp32"] <= r["own_ci95_high"]
         assert r["unpruned_ci95_low"] <= r["int8_vs_unpruned_fp32"] <= r["unpruned_ci95_high"]
@@ -150,3 +153,18 @@ def test_pruned_shape_is_the_prune_stages_network_freshly_initialised(tmp_path):
     assert sum(p.numel() for p in shape.parameters()) < sum(p.numel() for p in model.parameters()) / 3
     bns = [m for m in shape.modules() if type(m).__name__ == "BatchNorm2d"]
     assert bns and all(bool((m.weight == 1).all()) for m in bns)  # fresh weights, not the pruned model's
+
+
+def test_se_gate_expand_is_bit_exact_and_leaves_no_broadcast_multiply(tmp_path):
+    """benchmarks/se_gate_expand.py (tried for issue #12, not adopted) times like against like: the rewritten INT8
+    model gives the plain one's outputs bit for bit, and a second pass finds nothing left to rewrite."""
+    import onnx
+
+    from benchmarks.se_gate_expand import expand_gates, measure
+
+    row = measure(32, tmp_path, rounds=2, runs=5)
+
+    assert row["gates_expanded"] > 0 and row["max_abs_output_diff"] == 0.0
+    assert row["expanded_kernels"] > row["int8_kernels"]  # Shape and Expand run as kernels of their own
+    assert row["ci95_low"] <= row["expanded_vs_int8"] <= row["ci95_high"]
+    assert expand_gates(onnx.load(str(tmp_path / "gates_expanded_32.onnx"))) == 0
