@@ -198,7 +198,9 @@ def test_a_slower_int8_model_warns_or_falls_back(slow_int8_run, if_slower):
         assert q.warnings[0].endswith("the FP32 export ships as model.onnx and the INT8 model as model_int8.onnx")
     else:
         assert decision.step == "quantize" and not report.step("export").deployed
-        assert "it ships anyway (model_fp32.onnx is in the bundle): try --edge-friendly" in q.warnings[0]
+        assert q.warnings[0].endswith("it ships anyway (model_fp32.onnx is in the bundle): try --edge-friendly "
+                                      "(ReLU instead of hardswish), --litert (LiteRT's XNNPACK runs hardswish in "
+                                      "INT8), --if-int8-slower fallback")
     assert ctx.warnings["quantize"] == q.warnings
 
 
