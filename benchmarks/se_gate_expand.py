@@ -1,11 +1,12 @@
 """Tried for issue #12 and not adopted: squeeze-and-excitation multiplies made same-shape in INT8.
 
 In compress's INT8 model of a squeeze-and-excitation network, each gate multiply is a QLinearMul of a (1, C, 1, 1)
-gate and a (1, C, H, W) feature map. ONNX Runtime broadcasts it as C calls of its element-wise kernel, H·W elements
-each, which looks slow on paper. This script Expands the gate's uint8 codes to the feature map's shape before their
-DequantizeLinear, so that the fused QLinearMul is same-shape. The outputs stay bit-identical. It times the
-rewritten model against compress's INT8 model of the main job's pruned network (random weights), and counts the
-kernels each runs. Writes benchmarks/results/se_gate_expand.{csv,md,json}.
+gate and a (1, C, H, W) feature map. ONNX Runtime's broadcast loop can run that as C calls of its element-wise
+kernel, H·W elements each: on small maps the calls, not the elements, would set the time. To test this, the script
+Expands the gate's uint8 codes to the feature map's shape before their DequantizeLinear, so that the fused
+QLinearMul is same-shape; the outputs stay bit-identical. It times the rewritten model against compress's INT8
+model of the main job's pruned network (random weights), and counts the kernels each runs.
+Writes benchmarks/results/se_gate_expand.{csv,md,json}.
 
     python -m benchmarks.se_gate_expand            # 32 and 224 px (about 1 min on 2 cores)
 """
