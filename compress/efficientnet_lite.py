@@ -124,7 +124,8 @@ def tf_same_conv_class() -> type:
     class TfSameConv2d(nn.Conv2d):
         """``nn.Conv2d`` with TensorFlow's "SAME" padding (extra zero on the bottom/right when the total
         is odd). The pads are plain integers from the input's height and width, so an ONNX export at a
-        fixed size holds one constant ``Pad`` (which ONNX Runtime fuses into the ``Conv``)."""
+        fixed size holds one constant ``Pad``, which ONNX Runtime fuses into the ``Conv`` once
+        :func:`compress.export.drop_empty_trailing_inputs` has removed its empty third input."""
 
         def forward(self, x: "torch.Tensor") -> "torch.Tensor":
             h, w = x.shape[-2:]

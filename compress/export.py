@@ -63,6 +63,7 @@ class Export:
                     input_names=["input"], output_names=["logits"],
                     dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True,
                 )
+            drop_empty_trailing_inputs(tmp)
             check_onnx(tmp)
 
         atomic_write(path, write)
@@ -80,3 +81,25 @@ class Export:
                                 f"(> {limit:.2e}) on {len(x)} test images; the exported graph is wrong, "
                                 "report it with the model name")
         return OnnxModel(path)
+
+
+def drop_empty_trailing_inputs(path: Path) -> int:
+    """Remove the empty names that torch's exporter writes for omitted trailing optional inputs, as in
+    ``Pad(x, pads, "")``; ONNX allows leaving them out. Returns how many nodes changed.
+
+    ONNX Runtime's PadFusion folds a zero Pad into the Conv after it only when every Pad input is a constant, and
+    it does not read an empty name as "absent". So each TensorFlow "same" Pad of EfficientNet-Lite stayed a kernel
+    of its own: in FP32 with NCHWc layout reorders around it, in INT8 with a DequantizeLinear/QuantizeLinear pair.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    changed = 0
+    for node in model.graph.node:
+        if node.input and node.input[-1] == "":
+            while node.input and node.input[-1] == "":
+                node.input.pop()
+            changed += 1
+    if changed:
+        onnx.save(model, str(path))
+    return changed

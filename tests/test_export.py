@@ -59,6 +59,29 @@ def test_macs_are_counted_when_shape_inference_stops_at_a_computed_pad(tmp_path)
     assert onnx_params_macs(exported.path, 32)[1] == torch_macs(net, 32) > 0
 
 
+def test_same_padding_folds_into_the_conv_in_onnx_runtime(tmp_path):
+    """torch's exporter wrote EfficientNet-Lite's "same" Pads as Pad(x, pads, ""), and ONNX Runtime's PadFusion
+    refused them for that empty third input: each stayed a kernel, with layout reorders around it in FP32 and a Q/DQ
+    pair in INT8. Export drops the empty input, so ONNX Runtime's basic optimizations (which the INT8 stage's
+    pre-processing also runs) fold every Pad into its conv."""
+    import onnxruntime as ort
+
+    from compress.models import create_model
+
+    net, _ = create_model("efficientnet_lite0", num_classes=3, weights="none")
+    with context(tmp_path, data=fmnist_subset(64, 8)) as ctx:
+        exported = Export()(net.eval(), ctx)
+    pads = [n for n in onnx.load(str(exported.path)).graph.node if n.op_type == "Pad"]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(tmp_path / "basic.onnx")
+    ort.InferenceSession(str(exported.path), so, providers=["CPUExecutionProvider"])
+
+    assert pads and all("" not in n.input for n in pads)
+    assert "Pad" not in {n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node}
+    assert ctx.notes["export"]["parity_max_abs_diff"] <= ctx.notes["export"]["parity_limit"]
+
+
 def test_the_batch_dimension_is_dynamic(trained, tmp_path):
     with context(tmp_path) as ctx:
         onnx_model = Export()(trained, ctx)
