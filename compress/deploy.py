@@ -88,7 +88,7 @@ def speed_check(report: RunReport, cfg: "RunConfig", ctx: Context) -> None:
         message = f"{what}; the FP32 export ships as model.onnx and the INT8 model as model_int8.onnx"
     else:
         # Not "a larger input": for hardswish networks INT8 lost at every size from 32 to 224 px
-        # (benchmarks/results/*/input_size.md). XNNPACK has INT8 hardswish and sigmoid kernels.
+        # (benchmarks/results/*/input_size.md). XNNPACK has an INT8 hardswish kernel.
         tips = ["--edge-friendly (ReLU instead of hardswish)"] if cfg.edge_friendly is None else []
         tips += [] if cfg.litert else ["--litert (LiteRT's XNNPACK runs hardswish in INT8)"]
         message = (f"{what}; it ships anyway (model_fp32.onnx is in the bundle): try "
