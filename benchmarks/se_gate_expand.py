@@ -61,7 +61,8 @@ def measure(size: int, work: Path, *, rounds: int, runs: int) -> dict:
     import onnx
 
     from benchmarks.input_size import main_job_model
-    from benchmarks.int8_options import kernels, session
+    from benchmarks.int8_options import kernels
+    from compress.core import run_onnx, session
     from compress.export import Export
     from compress.measure import compare_speed, onnx_call
     from compress.quantize import Quantize
@@ -75,9 +76,7 @@ def measure(size: int, work: Path, *, rounds: int, runs: int) -> dict:
     path = work / f"gates_expanded_{size}.onnx"
     onnx.save(rewritten, str(path))
     xs = ctx.data.normalize(ctx.data.test_x[:8]).numpy()
-    plain, expanded = session(int8.path), session(path)
-    diff = max(float(np.abs(plain.run(None, {"input": xs[i:i + 1]})[0]
-                            - expanded.run(None, {"input": xs[i:i + 1]})[0]).max()) for i in range(len(xs)))
+    diff = float(np.abs(run_onnx(session(int8.path), xs) - run_onnx(session(path), xs)).max())
     r = compare_speed(onnx_call(int8.path, xs[:1], 1), onnx_call(path, xs[:1], 1), rounds=rounds,
                       runs_per_round=runs)
     return {"input_px": size, "gates_expanded": gates, "max_abs_output_diff": diff,

@@ -89,10 +89,13 @@ def speed_check(report: RunReport, cfg: "RunConfig", ctx: Context) -> None:
     else:
         # Not "a larger input": for hardswish networks INT8 lost at every size from 32 to 224 px
         # (benchmarks/results/*/input_size.md). XNNPACK has an INT8 hardswish kernel.
-        tips = ["--edge-friendly (ReLU instead of hardswish)"] if cfg.edge_friendly is None else []
-        tips += [] if cfg.litert else ["--litert (LiteRT's XNNPACK runs hardswish in INT8)"]
-        message = (f"{what}; it ships anyway (model_fp32.onnx is in the bundle): try "
-                   + ", ".join([*tips, "--if-int8-slower fallback"]))
+        tips = []
+        if cfg.edge_friendly is None:
+            tips.append("--edge-friendly (ReLU instead of hardswish)")
+        if not cfg.litert:
+            tips.append("--litert (LiteRT's XNNPACK runs hardswish in INT8)")
+        tips.append("--if-int8-slower fallback")
+        message = f"{what}; it ships anyway (model_fp32.onnx is in the bundle): try {', '.join(tips)}"
     int8.warnings.append(message)
     ctx.warn(int8.step, message)
 

@@ -96,10 +96,10 @@ def drop_empty_trailing_inputs(path: Path) -> int:
     model = onnx.load(str(path))
     changed = 0
     for node in model.graph.node:
-        if node.input and node.input[-1] == "":
-            while node.input and node.input[-1] == "":
-                node.input.pop()
-            changed += 1
+        before = len(node.input)
+        while node.input and node.input[-1] == "":
+            node.input.pop()
+        changed += len(node.input) < before
     if changed:
         onnx.save(model, str(path))
     return changed

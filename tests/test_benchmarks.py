@@ -39,10 +39,11 @@ def test_run_all_quick_writes_every_table_and_plot(tmp_path, smoke_run, swept):
     assert [(r["model"], r["input_px"]) for r in step] == [("mobilenet_v3", 32)]
     assert step[0]["speedup_vs_onednn"] > 0 and step[0]["max_relative_gradient_gap"] < 1e-4  # same gradients
 
-    sizes = json.loads((tmp_path / "input_size_quick.json").read_text())["rows"]
+    input_size = json.loads((tmp_path / "input_size_quick.json").read_text())
+    sizes = input_size["rows"]
     assert [r["input_px"] for r in sizes] == [32, 64]
     assert all(r["ci95_low"] <= r["int8_speedup_vs_fp32"] <= r["ci95_high"] for r in sizes)
-    by_op = json.loads((tmp_path / "input_size_quick.json").read_text())["kernels_by_op"]["32"]
+    by_op = input_size["kernels_by_op"]["32"]
     assert by_op["fp32"]["Conv"] == by_op["int8"]["QLinearConv"] > 0  # every conv runs quantized, none dropped
     assert sizes[0]["int8_kernels"] == sum(by_op["int8"].values())
     first = sizes[0]
