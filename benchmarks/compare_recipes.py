@@ -6,7 +6,7 @@ Per model (ImageNet shapes: 224×224, 1000 classes, random weights: only speed a
   b  onnx_fp32    plain ONNX export on ONNX Runtime FP32
   c  ort_int8     ORT ``quantize_static`` with its defaults (QDQ, S8S8, per-tensor): the copy-paste recipe
   c2 compress_int8  compress's Quantize on the same unpruned model (U8S8 on x86, per-channel, kernel rewrites)
-  d  pruned_fp32  compress Prune(ratio=0.5) → ONNX FP32
+  d  pruned_fp32  compress Prune(ratio=0.5, allocation="uniform") → ONNX FP32 (random weights: nothing to scan)
   e  pruned_int8  d + compress Quantize: what compress ships
   f  edge_int8    compress EdgeFriendly (ReLU for hardswish/SiLU) → prune → INT8 (when the model has
                   anything to swap; accuracy needs the fine-tune the pipeline runs, not shown here)
@@ -75,7 +75,7 @@ def build(name: str, work: Path, *, size: int, calib: int, log) -> dict[str, dic
     log(f"  {name}: exported and quantized in {time.perf_counter() - t:.0f} s")
     t = time.perf_counter()
     c = ctx("pruned")
-    pruned = Prune(ratio=0.5)(net, c)
+    pruned = Prune(ratio=0.5, allocation="uniform")(net, c)
     pfp32 = Export(parity_images=4)(pruned, c)
     out["pruned_fp32"] = {"kind": "onnx", "model": pfp32.path, "int8": False}
     c = ctx("pruned_int8")
@@ -84,7 +84,7 @@ def build(name: str, work: Path, *, size: int, calib: int, log) -> dict[str, dic
     c = ctx("edge")
     edge = EdgeFriendly()(net, c)
     if c.notes["edge_friendly"]["activations_swapped"]:
-        edge = Prune(ratio=0.5)(edge, c)
+        edge = Prune(ratio=0.5, allocation="uniform")(edge, c)
         efp32 = Export(parity_images=4)(edge, c)
         out["edge_int8"] = {"kind": "onnx", "int8": True,
                             "model": Quantize(calibration_size=calib, speed_check_runs=0)(efp32, c).path}

@@ -32,7 +32,8 @@ def main_job_model(run: Path | None) -> tuple["object", str]:
 
     net, _ = create_model("mobilenet_v3", num_classes=10, weights="none")
     if run is None:
-        return Prune(ratio=0.5)(net.eval(), random_context(32, train=64, classes=10)), "random weights"
+        ctx = random_context(32, train=64, classes=10)
+        return Prune(ratio=0.5, allocation="uniform")(net.eval(), ctx), "random weights"
     report = RunReport.load(run)
     step = report.step("finetune")
     net, _ = create_model(report.model, num_classes=report.dataset["classes"], weights="none")

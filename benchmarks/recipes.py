@@ -1,6 +1,7 @@
 """Does the adaptive training recipe hold off the default job? A matrix of models × data sets × input sizes.
 
-Each cell is a real ``compress run MODEL --data DATA --input-size S --prune 0.3 --int8 --max-drop 1``, from
+Each cell is a real ``compress run MODEL --data DATA --input-size S --prune 0.3 --allocation uniform --int8
+--max-drop 1`` (uniform: as the committed matrix ran, before the sensitivity scan became the default), from
 scratch except EfficientNet-Lite0, which fine-tunes its ImageNet weights (the only ones that install offline): it
 must train well above chance, never diverge, and deploy a model within the accuracy budget.
 
@@ -109,7 +110,7 @@ def run_cell(model: str, data: str, size: int, work: Path, *, quick: bool) -> di
     # downloaded offline, so the others train from scratch.
     weights = "imagenet" if model.startswith("efficientnet_lite") else "none"
     overrides = {"model": model, "data": data_path(data, work), "input_size": size, "weights": weights,
-                 "prune": {"ratio": 0.3}, "max_drop": 1.0, "allow_chance": True,
+                 "prune": {"ratio": 0.3, "allocation": "uniform"}, "max_drop": 1.0, "allow_chance": True,
                  "train": {"epochs": EPOCHS[data]},
                  "finetune": dict(zip(("epochs", "quant_aware_epochs"), QUICK_RECOVERY if quick else RECOVERY[data]))}
     # Accuracy is what this matrix checks; latency is measured briefly (benchmarks/compare_recipes.py times models).
@@ -176,7 +177,8 @@ def write_matrix(rows: list[dict], env: dict, a: argparse.Namespace) -> None:
     stem = "recipes_quick" if a.quick else "recipes"
     head = list(dict.fromkeys(k for r in rows for k in r))
     md = [f"# Training recipes across jobs ({'quick' if a.quick else 'full'} matrix)", "",
-          "Each cell: `compress run MODEL --data DATA --input-size SIZE --weights W --prune 0.3 --int8 --max-drop 1` "
+          "Each cell: `compress run MODEL --data DATA --input-size SIZE --weights W --prune 0.3 --allocation uniform "
+          "--int8 --max-drop 1` "
           "with the adaptive recipe: EfficientNet-Lite0 fine-tunes its ImageNet weights (`init`), the others train "
           "from scratch (baseline epochs: " + ", ".join(f"{d} {e}" for d, e in EPOCHS.items()) + "; recovery epochs, "
           "of which the last are quantization-aware: " + (f"{QUICK_RECOVERY[0]}, {QUICK_RECOVERY[1]}" if a.quick else

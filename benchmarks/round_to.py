@@ -47,7 +47,7 @@ def measure_model(name: str, work: Path, *, size: int, round_tos: tuple[int, ...
     rows = []
     for r in round_tos:
         ctx = dataclasses.replace(base, run_dir=work / f"round_to_{r}", notes={})
-        fp32 = Export(parity_images=4)(Prune(ratio=0.5, round_to=r)(net, ctx), ctx)
+        fp32 = Export(parity_images=4)(Prune(ratio=0.5, round_to=r, allocation="uniform")(net, ctx), ctx)
         int8 = Quantize(calibration_size=64, speed_check_runs=0)(fp32, ctx)
         own = compare_speed(onnx_call(fp32.path, x, 1), onnx_call(int8.path, x, 1), rounds=rounds, runs_per_round=runs)
         ref = compare_speed(onnx_call(unpruned.path, x, 1), onnx_call(int8.path, x, 1), rounds=rounds,

@@ -35,6 +35,7 @@ CONFIG_FLAGS = {
     "allow_chance": "allow_chance",
     "epochs": "train.epochs", "lr": "train.lr",
     "prune": "prune.ratio", "importance": "prune.importance", "prune_steps": "prune.steps",
+    "allocation": "prune.allocation",
     "edge_friendly": "edge_friendly", "remove_se": "edge_friendly.remove_se",
     "finetune_epochs": "finetune.epochs", "finetune_lr": "finetune.lr",
     "int8": "quantize", "calibration": "quantize.calibration", "if_int8_slower": "quantize.if_slower",
@@ -71,7 +72,7 @@ def _run_parser(sub: Any, fmt: type) -> None:
     from compress.config import RunConfig
     from compress.finetune import RECOVERY_LR, SLOW_BACKBONE_RECOVERY_EPOCHS, Finetune
     from compress.measure import MeasureConfig
-    from compress.prune import IMPORTANCES, Prune
+    from compress.prune import ALLOCATIONS, IMPORTANCES, Prune
     from compress.quantize import CALIBRATIONS, IF_SLOWER, TARGETS, Quantize
     from compress.recipe import DEFAULT_LR, SMALL_DATA, Recipe
 
@@ -82,11 +83,13 @@ def _run_parser(sub: Any, fmt: type) -> None:
     r.add_argument("--config", type=Path, help="YAML config (a run folder's config.yaml replays that run)")
     r.add_argument("--out", type=Path, help="run folder (default: runs/<time>_<model>_<data>)")
     r.add_argument("--data", help=f"fashion-mnist, digits, cifar10, or an image folder (default {run_cfg.data})")
-    r.add_argument("--prune", type=float, metavar="RATIO", help="fraction of channels removed from every layer, "
-                   f"in [0, 1) (default 0: no pruning; {prune.ratio:g} is a good start)")
+    r.add_argument("--prune", type=float, metavar="RATIO", help="the MACs and params removing this fraction of "
+                   f"every layer's channels leaves, in [0, 1) (default 0: no pruning; {prune.ratio:g} is a good start)")
     r.add_argument("--importance", choices=IMPORTANCES, help=f"channel importance for pruning (default "
                    f"{prune.importance})")
     r.add_argument("--prune-steps", type=int, metavar="N", help=f"iterative pruning steps (default {prune.steps})")
+    r.add_argument("--allocation", choices=ALLOCATIONS, help="sensitivity: keep the layers a scan finds sensitive, "
+                   f"prune the rest harder; uniform: every layer by the ratio (default {prune.allocation})")
     r.add_argument("--int8", action="store_true", default=None, help="static INT8 quantization (default: FP32)")
     r.add_argument("--edge-friendly", action="store_true", default=None,
                    help="swap hardswish/SiLU for ReLU before fine-tuning (faster INT8)")

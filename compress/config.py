@@ -187,7 +187,8 @@ def migrate(data: dict, problems: list[str] | None = None, where: str = "") -> d
 
     Version 1 wrote ``int8: true|false`` and ``edge_friendly: {enabled: ...}``; now a stage is on when its
     section is a mapping and off when it is null. ``true``/``false`` for a stage section mean on with the
-    defaults / off.
+    defaults / off. A whole prune section without ``allocation`` (a replayed config.yaml from before the
+    sensitivity scan) keeps that run's uniform allocation.
     """
     problems = [] if problems is None else problems
     d = dict(data)
@@ -209,6 +210,10 @@ def migrate(data: dict, problems: list[str] | None = None, where: str = "") -> d
     for name in OPTIONAL_STAGES:
         if isinstance(d.get(name), bool):
             d[name] = {} if d[name] else None
+    p = d.get("prune")
+    if isinstance(p, dict) and "taylor_batches" in p and "allocation" not in p:
+        # a run folder's config.yaml written before the sensitivity scan: that run pruned every layer alike
+        d["prune"] = {**p, "allocation": "uniform"}
     return d
 
 

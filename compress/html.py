@@ -22,10 +22,10 @@ from pathlib import Path
 from compress.checkpoint import atomic_write
 from compress.errors import CompressError
 from compress.records import RunReport, chance_pct
-from compress.render import (COLUMNS, ENERGY_BATCH_HEADERS, MIXED_HEADERS, REFERENCE_NAMES, carbon_break_even, cell,
-                             energy_batch_rows, energy_method_text, fmt_co2, headline, method_kind, mixed_precision,
-                             ratio, ratio_note, ratio_text, reference_rows, step_cells, step_label, timed_text, tone,
-                             work_time)
+from compress.render import (COLUMNS, ENERGY_BATCH_HEADERS, MIXED_HEADERS, PRUNE_HEADERS, REFERENCE_NAMES,
+                             carbon_break_even, cell, energy_batch_rows, energy_method_text, fmt_co2, headline,
+                             method_kind, mixed_precision, pruning_allocation, ratio, ratio_note, ratio_text,
+                             reference_rows, step_cells, step_label, timed_text, tone, work_time)
 
 FIGURE_NAMES = ("accuracy_latency", "size_macs_latency", "energy_co2", "carbon_break_even", "confusion_final",
                 "class_change")
@@ -141,6 +141,7 @@ def render_html(report: RunReport, figures: list[Plot], labels: list[str]) -> st
         reference_rows=refs, figures=[f.item() for f in figures], classes=bool(changes),
         hurt=[r for r in changes[:HURT_CLASSES] if r["change_pt"] < 0],
         small_class=_small_class(changes), how=how_measured(report), environment=environment_items(report),
+        pruning=pruning_allocation(report), prune_headers=PRUNE_HEADERS,
         mixed=mixed_precision(report), mixed_headers=MIXED_HEADERS, energy_rows=energy_batch_rows(report),
         energy_headers=ENERGY_BATCH_HEADERS,
         notes=[(s.step, k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))

@@ -1,16 +1,20 @@
 """Structured channel pruning with torch-pruning's dependency graph.
 
-``ratio`` is the fraction of output channels removed from every prunable layer group (torch-pruning's
-``pruning_ratio`` with local, per-layer pruning). Coupled layers (depthwise convs, the
-squeeze-and-excitation multiply, residual additions, BatchNorm) are pruned together through the
-dependency graph, so the network stays valid. Because both a layer's inputs and outputs shrink,
-params and MACs fall by roughly ``(1 - ratio)²``: ratio 0.5 leaves about a quarter. The report
-records the achieved params and MACs, not just this ratio.
+``ratio`` sets the budget: the MACs and parameters left when that fraction of the output channels of every
+prunable layer group is removed (torch-pruning's ``pruning_ratio``, local pruning). ``allocation`` says where it
+is spent. ``uniform`` removes exactly that fraction from every group. ``sensitivity`` (the default) first prunes
+each group alone and measures what that costs in accuracy (:mod:`compress.allocation`). It keeps the groups that
+lose more than ``protect_above_pt`` points and prunes the others harder, within the same MACs and parameters.
+Coupled layers (depthwise convs, the squeeze-and-excitation multiply, residual additions, BatchNorm) are pruned
+together through the dependency graph, so the network stays valid. Because both a layer's inputs and outputs
+shrink, params and MACs fall by roughly ``(1 - ratio)²``: ratio 0.5 leaves about a quarter. The report records
+the achieved params and MACs, and with ``sensitivity`` the groups it kept and the scan's most sensitive groups.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,11 +28,12 @@ if TYPE_CHECKING:
     from compress.core import Context
 
 IMPORTANCES = ("l2", "taylor", "bn")
+ALLOCATIONS = ("uniform", "sensitivity")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Prune:
-    """Remove ``ratio`` of the channels of every layer; the classifier's output layer is never pruned.
+    """Prune to the budget ``ratio`` sets, where ``allocation`` says; the classifier's output layer is never pruned.
 
     >>> pruned = Prune(ratio=0.5)(model, ctx)  # doctest: +SKIP
     """
@@ -38,6 +43,11 @@ class Prune:
     steps: int = 1  # iterative pruning: reach the ratio in this many steps, re-scoring channels each time
     round_to: int = 8  # SIMD-friendly channel counts on ARM NEON and AVX
     taylor_batches: int = 8  # training batches whose gradients score channels (taylor only)
+    # uniform: every group loses ``ratio``; sensitivity: the same MACs and params, spent where a scan finds that
+    # pruning costs least accuracy (compress/allocation.py)
+    allocation: str = "sensitivity"
+    protect_above_pt: float = 1.0  # sensitivity: a group that loses more top-1 points than this alone is kept
+    scan_images: int = 2048  # sensitivity: training images each group is scored on at 32 px (as many pixels at others)
 
     name = "prune"
     title = "pruning"
@@ -46,12 +56,18 @@ class Prune:
 
     def check(self) -> None:
         if not 0 <= self.ratio < 1:
-            raise CompressError(f"prune ratio must be in [0, 1), got {self.ratio}: 0.5 removes half the channels "
-                                "of every layer; use 0 to skip pruning")
+            raise CompressError(f"prune ratio must be in [0, 1), got {self.ratio}: 0.5 prunes to what removing "
+                                "half the channels of every layer leaves; use 0 to skip pruning")
         if self.importance not in IMPORTANCES:
             raise CompressError(f"unknown importance {self.importance!r}: choose one of {', '.join(IMPORTANCES)}")
         if self.steps < 1:
             raise CompressError(f"prune steps must be at least 1, got {self.steps}")
+        if self.allocation not in ALLOCATIONS:
+            raise CompressError(f"unknown allocation {self.allocation!r}: choose one of {', '.join(ALLOCATIONS)}")
+        if self.scan_images < 1:
+            raise CompressError(f"scan_images must be at least 1, got {self.scan_images}")
+        if self.protect_above_pt < 0:
+            raise CompressError(f"protect_above_pt must be at least 0, got {self.protect_above_pt}")
         if self.round_to < 1:
             raise CompressError(f"round_to must be at least 1, got {self.round_to}")
 
@@ -63,7 +79,7 @@ class Prune:
 
         self.check()
         model = copy.deepcopy(model).cpu().eval()
-        pruner = self.pruner(model, ctx.data.input_size)
+        pruner = self.pruner(model, ctx.data.input_size, self.allocate(model, ctx))
         gen = torch.Generator().manual_seed(ctx.seed)
         for _ in range(self.steps):
             if self.importance == "taylor":
@@ -79,9 +95,27 @@ class Prune:
         recalibrate_bn(model, ctx.data)
         return model.eval()
 
-    def pruner(self, model: "nn.Module", input_size: int) -> "tp.pruner.MetaPruner":
+    def allocate(self, model: "nn.Module", ctx: "Context") -> dict[str, float]:
+        """Per-group ratios (root module name → ratio) from the sensitivity scan; {} for uniform pruning."""
+        if self.allocation != "sensitivity" or self.ratio == 0:
+            return {}
+        from compress import distributed
+        from compress.allocation import plan
+
+        if not distributed.is_main():  # distributed (#11): rank 0 scans, and every rank prunes to its plan
+            return distributed.from_main(None)
+        # the scan's one-shot prunings rank channels by weight magnitude where Taylor would need gradients
+        probe = dataclasses.replace(self, steps=1, importance={"taylor": "l2"}.get(self.importance, self.importance))
+        chosen = plan(model, ctx.data, lambda m, r: probe.pruner(m, ctx.data.input_size, r), ratio=self.ratio,
+                      protect_above_pt=self.protect_above_pt, images=self.scan_images, seed=ctx.seed)
+        ctx.note(self.name, **chosen.note())
+        return distributed.from_main(chosen.ratios)
+
+    def pruner(self, model: "nn.Module", input_size: int, ratios: "dict[str, float] | None" = None
+               ) -> "tp.pruner.MetaPruner":
         """torch-pruning's pruner for ``model`` (changed in place by each ``step()``) as this stage configures it:
-        what ``benchmarks/pruned_shape.py`` builds the stage's pruned shape with."""
+        what ``benchmarks/pruned_shape.py`` builds the stage's pruned shape with. ``ratios`` gives some layer
+        groups, named by their root module, their own ratio; the others get ``ratio``."""
         import torch
         import torch_pruning as tp
 
@@ -91,7 +125,9 @@ class Prune:
             "bn": lambda: tp.importance.BNScaleImportance(),
         }[self.importance]()
         head = head_layer(model)
+        modules = dict(model.named_modules())
         return tp.pruner.MetaPruner(
             model, torch.zeros(1, 3, input_size, input_size), importance=importance, pruning_ratio=self.ratio,
-            iterative_steps=self.steps, ignored_layers=[head] if head is not None else [], round_to=self.round_to,
+            pruning_ratio_dict={modules[name]: r for name, r in (ratios or {}).items()}, iterative_steps=self.steps,
+            ignored_layers=[head] if head is not None else [], round_to=self.round_to,
         )

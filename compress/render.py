@@ -345,6 +345,27 @@ def mixed_precision(report: "RunReport") -> tuple[str, list[list[str]]] | None:
     return text, rows
 
 
+PRUNE_HEADERS = ["layer group", "channels", "top-1 lost alone (pt)", "MACs saved alone", "kept whole"]
+
+
+def pruning_allocation(report: "RunReport") -> tuple[str, list[list[str]]] | None:
+    """The prune stage's sensitivity allocation (:mod:`compress.allocation`): one sentence, and the scan's most
+    sensitive groups as rows of :data:`PRUNE_HEADERS`; None when the run pruned uniformly or not at all."""
+    r = report.step("prune").notes if report.has_step("prune") else {}
+    if r.get("allocation") != "sensitivity":
+        return None
+    text = (f"Sensitivity allocation: each of {r['groups_scanned']} layer groups was pruned alone at ratio "
+            f"{r['budget_ratio']:g} and scored on training images. The {len(r['kept_groups'])} that lost more than "
+            f"{r['protect_above_pt']:g} point(s) kept every channel; the others lost {r['others_ratio']:.1%} of "
+            f"theirs. Budget (uniform pruning at {r['budget_ratio']:g}): {fmt_count(r['budget_macs'])} MACs, "
+            f"{fmt_count(r['budget_params'])} params; spent: {fmt_count(r['macs'])} MACs, "
+            f"{fmt_count(r['params'])} params.")
+    kept = set(r["kept_groups"])
+    rows = [[g["group"], str(g["channels"]), f"{g['drop_pt']:.2f}", fmt_count(g["macs_saved"]),
+             "yes" if g["group"] in kept else ""] for g in r["most_sensitive"]]
+    return text, rows
+
+
 def _second_calibration(record: dict | None) -> str:
     """The sentence on :func:`compress.mixed.second_calibration`'s try ("" when minmax INT8 lost nothing there)."""
     if not record:

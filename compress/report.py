@@ -10,8 +10,9 @@ from pathlib import Path
 from compress.checkpoint import atomic_write
 from compress.html import write_html
 from compress.records import RunReport
-from compress.render import (ENERGY_BATCH_HEADERS, MIXED_HEADERS, TABLE_HEADERS, carbon_sentence, energy_batch_rows,
-                             energy_method_text, headline, markdown_table, mixed_precision, ratio_note, table_rows)
+from compress.render import (ENERGY_BATCH_HEADERS, MIXED_HEADERS, PRUNE_HEADERS, TABLE_HEADERS, carbon_sentence,
+                             energy_batch_rows, energy_method_text, headline, markdown_table, mixed_precision,
+                             pruning_allocation, ratio_note, table_rows)
 
 
 def render_markdown(report: RunReport) -> str:
@@ -34,6 +35,10 @@ def render_markdown(report: RunReport) -> str:
     env = report.environment
     lines += ["", f"Environment: {env['cpu']} ({env['cores']} cores, {env['machine']}), Python {env['python']}, "
               + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + "."]
+    pruning = pruning_allocation(report)
+    if pruning:
+        lines += ["", "## Where pruning spent its budget", "", pruning[0], "", "The scan's most sensitive groups:", "",
+                  markdown_table(PRUNE_HEADERS, pruning[1])]
     mixed = mixed_precision(report)
     if mixed:
         lines += ["", "## INT8 mixed precision", "", mixed[0]]

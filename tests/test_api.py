@@ -64,7 +64,8 @@ def test_timm_mobilenetv4_goes_through_every_stage(tmp_path):
     from compress.pipeline import run
 
     cfg = resolve(overrides={"model": "timm:mobilenetv4_conv_small", "data": "digits", "train": {"epochs": 4},
-                             "prune": {"ratio": 0.5}, "finetune": {"epochs": 1, "quant_aware_epochs": 0},
+                             "prune": {"ratio": 0.5, "allocation": "uniform"},
+                             "finetune": {"epochs": 1, "quant_aware_epochs": 0},
                              "quantize": {}, "measure": QUICK})
 
     report = run(cfg, tmp_path / "run")

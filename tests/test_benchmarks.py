@@ -146,7 +146,7 @@ def test_pruned_shape_is_the_prune_stages_network_freshly_initialised(tmp_path):
 
     model, _ = create_model("mobilenet_v3_small", num_classes=10, weights="none")
     with context(tmp_path) as ctx:
-        pruned = Prune(ratio=0.5)(model, ctx)
+        pruned = Prune(ratio=0.5, allocation="uniform")(model, ctx)
 
     shape, _ = create_spec("benchmarks/pruned_shape.py:build", num_classes=10, weights="none")
 

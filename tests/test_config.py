@@ -182,6 +182,7 @@ def test_a_version_1_config_still_loads(tmp_path, int8, ratio, ef):
     if cfg.quantize is not None:
         assert cfg.quantize.calibration == "entropy"
     assert (cfg.prune is not None) == (ratio != "0.0")
+    assert cfg.prune is None or cfg.prune.allocation == "uniform"  # as that run pruned: replays stay replays
     assert (cfg.edge_friendly is not None) == (ef == "true")
     assert (cfg.finetune is not None) == (ratio != "0.0" or ef == "true")
     if cfg.finetune is not None:

@@ -71,6 +71,26 @@ def test_the_smoke_run_folder_holds_what_its_records_say(smoke_run):
     assert yaml.safe_load((smoke_run / "config.yaml").read_text())["prune"]["ratio"] == 0.5
 
 
+def test_the_smoke_run_reports_where_pruning_spent_its_budget(smoke_run):
+    """The default sensitivity allocation: the records hold the budget and the scan, and both renderings show them."""
+    report = RunReport.load(smoke_run)
+    note = report.step("prune").notes
+    pruned = report.step("prune").metrics
+
+    assert note["allocation"] == "sensitivity" and note["budget_ratio"] == 0.5
+    assert note["macs"] <= note["budget_macs"] and note["params"] <= note["budget_params"]
+    assert pruned.macs <= note["budget_macs"] * 1.01  # the report's own MAC count, not only the stage's
+    assert len(note["most_sensitive"]) == min(10, note["groups_scanned"])
+    drops = [g["drop_pt"] for g in note["most_sensitive"]]
+    assert drops == sorted(drops, reverse=True)
+    md = (smoke_run / "report.md").read_text()
+    assert "## Where pruning spent its budget" in md and f"each of {note['groups_scanned']} layer groups" in md
+    assert "| layer group | channels | top-1 lost alone (pt) |" in md
+    assert note["most_sensitive"][0]["group"] in md
+    html = (smoke_run / "report.html").read_text()
+    assert 'id="pruning"' in html and note["most_sensitive"][0]["group"] in html
+
+
 @pytest.mark.slow
 def test_a_callers_own_network_runs_through_the_python_api(tmp_path):
     """``run(cfg, dir, model=..., data=...)``: the caller's nn.Module and data set instead of names."""

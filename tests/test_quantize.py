@@ -45,7 +45,7 @@ def fp32(trained, tmp_path_factory) -> OnnxModel:
 def pruned_fp32(trained, tmp_path_factory) -> OnnxModel:
     """``trained`` with 30 % of its channels pruned, unrounded: depthwise convs of 28, 34, 84, ... channels."""
     with context(tmp_path_factory.mktemp("pruned")) as ctx:
-        return Export()(Prune(ratio=0.3, round_to=1)(trained, ctx), ctx)
+        return Export()(Prune(ratio=0.3, round_to=1, allocation="uniform")(trained, ctx), ctx)
 
 
 def _logits(path, data, reference: bool = False) -> np.ndarray:

@@ -101,7 +101,7 @@ def test_pruned_artifact_round_trips_through_weights_only_loading(tmp_path):
 
     model, _ = create_model("tiny_mobilenet_v3", num_classes=10)
     with context(tmp_path, data=fmnist_subset(300, 50)) as ctx:
-        pruned = Prune(ratio=0.5)(model.eval(), ctx)
+        pruned = Prune(ratio=0.5, allocation="uniform")(model.eval(), ctx)
     f = tmp_path / "pruned.pt"
     ckpt.save(ckpt.model_record(pruned), f)
     fresh, _ = create_model("tiny_mobilenet_v3", num_classes=10)

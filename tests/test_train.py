@@ -202,7 +202,7 @@ def test_attention_transfer_matches_the_stages_pulls_the_student_towards_the_tea
     x = normalize(data.test_x[:64])
     names = stage_names(trained, x[:1])
     with context(tmp_path) as ctx:
-        student = Prune(ratio=0.5)(trained, ctx)
+        student = Prune(ratio=0.5, allocation="uniform")(trained, ctx)
 
     def attention_loss(net: nn.Module) -> float:
         with Transfer(net, trained, names, beta=1000.0) as transfer, torch.no_grad():
