@@ -91,25 +91,25 @@ def scan(model: "nn.Module", data: "Dataset", pruner: "Pruner", *, ratio: float,
     ``images`` training images at 32 px (as many pixels at other sizes, at least 256)."""
     import torch
 
-    from compress.train import recalibrate_bn
+    from compress.train import evaluate, recalibrate_bn
 
     size = data.input_size
     n = min(len(data.train_x), max(256, images * 32 * 32 // (size * size)))
     idx = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(seed))[:n]
     x, y = data.train_x[idx], data.train_y[idx]
     macs0, params0 = cost(model, size)
+    unpruned = copy.deepcopy(model)  # the reference, its BN statistics estimated as each pruned copy's are
+    recalibrate_bn(unpruned, data, images=min(n, RECAL_IMAGES))
+    before = evaluate(unpruned, data, 512, images=x, labels=y)
     every = groups(model, pruner)
     out = []
-    before = None
-    for group, channels in [("", 0)] + every:  # first the unpruned model, its BN statistics estimated the same way
+    for group, channels in every:
         one = pruned(model, pruner, {g: (ratio if g == group else 0.0) for g, _ in every})
         recalibrate_bn(one, data, images=min(n, RECAL_IMAGES))
-        if before is None:
-            before = top1(one, data, x, y)
-            continue
         macs, params = cost(one, size)
-        out.append(GroupScan(group=group, channels=channels, drop_pt=before - top1(one, data, x, y),
-                             macs_saved=macs0 - macs, params_saved=params0 - params))
+        drop = before - evaluate(one, data, 512, images=x, labels=y)
+        out.append(GroupScan(group=group, channels=channels, drop_pt=drop, macs_saved=macs0 - macs,
+                             params_saved=params0 - params))
     return out
 
 
@@ -124,13 +124,18 @@ def fit_others(model: "nn.Module", pruner: "Pruner", kept: list[str], every: lis
         got = cost(pruned(model, pruner, ratios(r)), size)
         return got if got[0] <= budget[0] and got[1] <= budget[1] else None
 
-    lo, hi = ratio, MAX_RATIO  # with nothing kept, uniform pruning at ``ratio`` meets the budget by definition
-    if not kept or meets(hi) is None:
-        return None if kept else (ratio, ratios(ratio), budget)
+    if not kept:  # uniform pruning at ``ratio`` meets the budget by definition
+        return ratio, ratios(ratio), budget
+    lo, hi = ratio, MAX_RATIO
+    if (got := meets(hi)) is None:
+        return None
     for _ in range(10):  # to 1/1024 of the range: finer than one channel in any group of fewer than 1,024
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if meets(mid) is None else (lo, mid)
-    return hi, ratios(hi), meets(hi)
+        if (at_mid := meets(mid)) is None:
+            lo = mid
+        else:
+            hi, got = mid, at_mid
+    return hi, ratios(hi), got
 
 
 def groups(model: "nn.Module", pruner: "Pruner") -> list[tuple[str, int]]:
@@ -155,12 +160,3 @@ def cost(model: "nn.Module", size: int) -> tuple[int, int]:
 
     return torch_macs(model, size), sum(p.numel() for p in model.parameters())
 
-
-def top1(model: "nn.Module", data: "Dataset", x: "torch.Tensor", y: "torch.Tensor") -> float:
-    """Top-1 in percent of ``model`` on the uint8 images ``x``."""
-    import torch
-
-    model.eval()
-    with torch.inference_mode():
-        right = sum(int((model(nx).argmax(1) == ny).sum()) for nx, ny in data.batches(x, y, 512))
-    return 100 * right / len(y)

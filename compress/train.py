@@ -361,11 +361,12 @@ def _augment(x: "torch.Tensor", gen: "torch.Generator") -> "torch.Tensor":
     return xp.permute(0, 2, 3, 1)[bidx, rows.view(n, h, 1), cols.view(n, 1, w)].permute(0, 3, 1, 2)
 
 
-def evaluate(model: "nn.Module", data: "Dataset", batch_size: int = 500) -> float:
-    """Top-1 accuracy in percent of a torch model on the data set's test split."""
+def evaluate(model: "nn.Module", data: "Dataset", batch_size: int = 500, *, images: "torch.Tensor | None" = None,
+             labels: "torch.Tensor | None" = None) -> float:
+    """Top-1 accuracy in percent of a torch model on the data set's test split, or on the uint8 ``images``."""
     import torch
 
-    x, y = data.test_x, data.test_y
+    x, y = (data.test_x, data.test_y) if images is None else (images, labels)
     model.eval()
     correct = 0
     with torch.inference_mode():
